@@ -1,0 +1,241 @@
+//! peapod's settings: built-in defaults, overridden by a TOML file, overridden by flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/peapod/config.toml";
+
+/// Every setting peapod has. The TOML file uses the same names (snake_case).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unix socket peapod serves the CRI on (kubelet's --container-runtime-endpoint).
+    pub listen: PathBuf,
+    /// Directory for peapod's own state: per-object status files and sandbox files.
+    pub state_dir: PathBuf,
+    /// containerd's gRPC socket.
+    pub containerd_socket: PathBuf,
+    /// containerd namespace holding every pod, container and image peapod manages.
+    pub namespace: String,
+    /// containerd snapshotter used for images and container root filesystems.
+    pub snapshotter: String,
+    /// containerd runtime (shim) that runs pods.
+    pub runtime: String,
+    /// Directory holding CNI network configurations (*.conflist, *.conf, *.json).
+    pub cni_conf_dir: PathBuf,
+    /// Directories searched for CNI plugin binaries, in order.
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Image of each pod's infra (pause) container.
+    pub sandbox_image: String,
+    /// cgroup driver: "cgroupfs" or "systemd"; must match kubelet's --cgroup-driver.
+    pub cgroup_driver: String,
+    /// containerd-style registry host configuration directory (<dir>/<host>/hosts.toml).
+    pub registry_config_dir: PathBuf,
+    /// Optional credentials file (docker config.json format) used when a pull has no AuthConfig.
+    pub registry_credentials_file: Option<PathBuf>,
+    /// A pull that transfers no bytes for this many seconds fails.
+    pub image_pull_progress_timeout_secs: u64,
+    /// Address of the streaming server for Exec/Attach/PortForward.
+    pub stream_address: String,
+    /// Port of the streaming server (0 picks a free one).
+    pub stream_port: u16,
+    /// Log filter (RUST_LOG syntax), e.g. "info" or "peapod=debug".
+    pub log_level: String,
+    /// Log output format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "/run/peapod/peapod.sock".into(),
+            state_dir: "/var/lib/peapod".into(),
+            containerd_socket: "/run/containerd/containerd.sock".into(),
+            namespace: "k8s.io".into(),
+            snapshotter: "overlayfs".into(),
+            runtime: "io.containerd.runc.v2".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            sandbox_image: "registry.k8s.io/pause:3.10".into(),
+            cgroup_driver: "cgroupfs".into(),
+            registry_config_dir: "/etc/containerd/certs.d".into(),
+            registry_credentials_file: None,
+            image_pull_progress_timeout_secs: 300,
+            stream_address: "127.0.0.1".into(),
+            stream_port: 0,
+            log_level: "info".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// Command-line flags. Each flag overrides the same-named setting of the config file.
+#[derive(Debug, Parser, Default)]
+#[command(name = "peapod", version, about = "Kubernetes CRI v1 runtime on containerd's native API", long_about = None)]
+pub struct Cli {
+    /// TOML config file; settings missing from it keep their defaults. [default: /etc/peapod/config.toml, read only if present]
+    #[arg(long, env = "PEAPOD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Unix socket to serve the CRI on. [default: /run/peapod/peapod.sock]
+    #[arg(long)]
+    pub listen: Option<PathBuf>,
+    /// Directory for peapod's state (status files, sandbox files). [default: /var/lib/peapod]
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// containerd's gRPC socket. [default: /run/containerd/containerd.sock]
+    #[arg(long)]
+    pub containerd_socket: Option<PathBuf>,
+    /// containerd namespace for pods, containers and images. [default: k8s.io]
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// containerd snapshotter. [default: overlayfs]
+    #[arg(long)]
+    pub snapshotter: Option<String>,
+    /// containerd runtime (shim) name. [default: io.containerd.runc.v2]
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// CNI configuration directory. [default: /etc/cni/net.d]
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directory; repeat for several, searched in order. [default: /opt/cni/bin, /usr/lib/cni]
+    #[arg(long = "cni-bin-dir")]
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Image for each pod's pause container. [default: registry.k8s.io/pause:3.10]
+    #[arg(long)]
+    pub sandbox_image: Option<String>,
+    /// cgroup driver, "cgroupfs" or "systemd"; must match kubelet's. [default: cgroupfs]
+    #[arg(long)]
+    pub cgroup_driver: Option<String>,
+    /// Registry hosts directory in containerd's hosts.toml layout. [default: /etc/containerd/certs.d]
+    #[arg(long)]
+    pub registry_config_dir: Option<PathBuf>,
+    /// Docker-style credentials file used when a pull carries no credentials. [default: none]
+    #[arg(long)]
+    pub registry_credentials_file: Option<PathBuf>,
+    /// Seconds without pull progress before a pull fails. [default: 300]
+    #[arg(long)]
+    pub image_pull_progress_timeout_secs: Option<u64>,
+    /// Streaming server address for Exec/Attach/PortForward. [default: 127.0.0.1]
+    #[arg(long)]
+    pub stream_address: Option<String>,
+    /// Streaming server port, 0 for any free port. [default: 0]
+    #[arg(long)]
+    pub stream_port: Option<u16>,
+    /// Log filter in RUST_LOG syntax; RUST_LOG wins when set. [default: info]
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log format, "text" or "json". [default: text]
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+impl Config {
+    /// Reads the config file (the default one only when it exists) and applies the flags over it.
+    pub fn load(cli: &Cli) -> Result<Config> {
+        let mut cfg = match &cli.config {
+            Some(p) => Config::from_file(p)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                Config::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! over {
+            ($($f:ident),*) => {$( if let Some(v) = &cli.$f { cfg.$f = v.clone(); } )*};
+        }
+        over!(
+            listen,
+            state_dir,
+            containerd_socket,
+            namespace,
+            snapshotter,
+            runtime,
+            cni_conf_dir,
+            sandbox_image,
+            cgroup_driver,
+            registry_config_dir,
+            image_pull_progress_timeout_secs,
+            stream_address,
+            stream_port,
+            log_level,
+            log_format
+        );
+        if cli.registry_credentials_file.is_some() {
+            cfg.registry_credentials_file = cli.registry_credentials_file.clone();
+        }
+        if !cli.cni_bin_dirs.is_empty() {
+            cfg.cni_bin_dirs = cli.cni_bin_dirs.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid(format!("config file {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::invalid(format!("config file {}: {e}", path.display())))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !matches!(self.cgroup_driver.as_str(), "cgroupfs" | "systemd") {
+            return Err(Error::invalid(format!(
+                "cgroup_driver must be \"cgroupfs\" or \"systemd\", not {:?}",
+                self.cgroup_driver
+            )));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(Error::invalid(format!(
+                "log_format must be \"text\" or \"json\", not {:?}",
+                self.log_format
+            )));
+        }
+        if self.namespace.is_empty() {
+            return Err(Error::invalid("namespace must not be empty"));
+        }
+        Ok(())
+    }
+
+    pub fn pull_progress_timeout(&self) -> Duration {
+        Duration::from_secs(self.image_pull_progress_timeout_secs.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "namespace = \"filens\"\nsnapshotter = \"native\"\n").unwrap();
+        let cli = Cli {
+            config: Some(f),
+            snapshotter: Some("overlayfs".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&cli).unwrap();
+        assert_eq!(c.namespace, "filens");
+        assert_eq!(c.snapshotter, "overlayfs");
+        assert_eq!(c.sandbox_image, "registry.k8s.io/pause:3.10");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "namespce = \"typo\"\n").unwrap();
+        assert!(Config::from_file(&f).is_err());
+        let cli = Cli {
+            cgroup_driver: Some("bogus".into()),
+            config: Some(dir.path().join("missing.toml")),
+            ..Default::default()
+        };
+        assert!(Config::load(&cli).is_err());
+    }
+}

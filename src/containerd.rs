@@ -1,0 +1,140 @@
+//! The connection to containerd: one lazily (re)connecting channel, and requests stamped with
+//! peapod's namespace (and a lease where the caller holds one).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::{
+    containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
+    events_client::EventsClient, images_client::ImagesClient,
+    introspection_client::IntrospectionClient, leases_client::LeasesClient,
+    snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
+    version_client::VersionClient, PluginsRequest,
+};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{ctrd, Error, Result};
+
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+pub const LEASE_HEADER: &str = "containerd-lease";
+
+#[derive(Clone)]
+pub struct Containerd {
+    channel: Channel,
+    namespace: String,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    /// Builds the channel without dialing: peapod must start (and report RuntimeReady=false)
+    /// while containerd is down, and reconnect by itself when it comes back.
+    pub fn connect_lazy(socket: &Path, namespace: &str) -> Result<Self> {
+        let path = socket.to_path_buf();
+        let channel = Endpoint::try_from("http://[::]")
+            .map_err(|e| Error::internal(format!("containerd endpoint: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }));
+        Ok(Containerd {
+            channel,
+            namespace: namespace.to_string(),
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A request in peapod's namespace.
+    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Ok(v) = MetadataValue::try_from(self.namespace.as_str()) {
+            r.metadata_mut().insert(NAMESPACE_HEADER, v);
+        }
+        r
+    }
+
+    /// A request in peapod's namespace whose new resources are held by `lease`
+    /// until the lease is deleted, so containerd's GC cannot collect them half-made.
+    pub fn req_leased<T>(&self, msg: T, lease: &str) -> tonic::Request<T> {
+        let mut r = self.req(msg);
+        if let Ok(v) = MetadataValue::try_from(lease) {
+            r.metadata_mut().insert(LEASE_HEADER, v);
+        }
+        r
+    }
+
+    pub fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+    pub fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+    pub fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    }
+    pub fn content(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    }
+    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+    pub fn diff(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel.clone())
+    }
+    pub fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel.clone())
+    }
+    pub fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel.clone())
+    }
+    pub fn introspection(&self) -> IntrospectionClient<Channel> {
+        IntrospectionClient::new(self.channel.clone())
+    }
+    pub fn version_client(&self) -> VersionClient<Channel> {
+        VersionClient::new(self.channel.clone())
+    }
+
+    /// containerd's version, which doubles as the health check behind RuntimeReady.
+    pub async fn version(&self) -> Result<String> {
+        let mut client = self.version_client();
+        match tokio::time::timeout(Duration::from_secs(5), client.version(())).await {
+            Ok(Ok(v)) => Ok(v.into_inner().version),
+            Ok(Err(s)) => Err(Error::Unavailable(format!(
+                "containerd at {} is not reachable: {}",
+                self.socket.display(),
+                s.message()
+            ))),
+            Err(_) => Err(Error::Unavailable(format!(
+                "containerd at {} did not answer within 5s",
+                self.socket.display()
+            ))),
+        }
+    }
+
+    /// True when containerd's own CRI plugin is loaded: two CRI runtimes on one containerd
+    /// fight over the same namespace and CNI, which operators must hear about.
+    pub async fn builtin_cri_enabled(&self) -> Result<bool> {
+        let resp = self
+            .introspection()
+            .plugins(tonic::Request::new(PluginsRequest {
+                filters: vec!["type==io.containerd.grpc.v1,id==cri".into()],
+            }))
+            .await
+            .map_err(ctrd("introspection plugins"))?
+            .into_inner();
+        Ok(resp.plugins.iter().any(|p| p.init_err.is_none()))
+    }
+}

@@ -1,0 +1,128 @@
+//! Domain errors, mapped to gRPC statuses in exactly one place (`From<Error> for Status`).
+
+use tonic::{Code, Status};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0} is not implemented by peapod")]
+    Unimplemented(&'static str),
+    #[error("{0}")]
+    Internal(String),
+    /// A call to containerd failed; `what` says which call on which object.
+    #[error("containerd {what}: {status}")]
+    Containerd { what: String, status: Status },
+}
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Error::NotFound(msg.into())
+    }
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal(msg.into())
+    }
+
+    /// True when containerd answered NotFound: callers that are idempotent treat that as done.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::NotFound(_) => true,
+            Error::Containerd { status, .. } => status.code() == Code::NotFound,
+            _ => false,
+        }
+    }
+
+    pub fn is_already_exists(&self) -> bool {
+        match self {
+            Error::AlreadyExists(_) => true,
+            Error::Containerd { status, .. } => status.code() == Code::AlreadyExists,
+            _ => false,
+        }
+    }
+}
+
+/// Wraps a containerd status with the call it came from.
+pub fn ctrd(what: impl Into<String>) -> impl FnOnce(Status) -> Error {
+    let what = what.into();
+    move |status| Error::Containerd { what, status }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::InvalidArgument(_) => Status::invalid_argument(msg),
+            Error::NotFound(_) => Status::not_found(msg),
+            Error::AlreadyExists(_) => Status::already_exists(msg),
+            Error::FailedPrecondition(_) => Status::failed_precondition(msg),
+            Error::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
+            Error::Unavailable(_) => Status::unavailable(msg),
+            Error::Unimplemented(_) => Status::unimplemented(msg),
+            Error::Internal(_) => Status::internal(msg),
+            Error::Containerd { status, .. } => {
+                // A transport failure means containerd is down or restarting: kubelet should retry.
+                let code = match status.code() {
+                    Code::Unavailable | Code::Unknown if is_transport(&status) => Code::Unavailable,
+                    Code::Unknown => Code::Internal,
+                    c => c,
+                };
+                Status::new(code, msg)
+            }
+        }
+    }
+}
+
+fn is_transport(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        || status.message().contains("transport error")
+        || status.message().contains("connection")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_not_found_is_not_found() {
+        let e = ctrd("get container abc")(Status::not_found("container abc: not found"));
+        assert!(e.is_not_found());
+        let s: Status = e.into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("get container abc"));
+    }
+
+    #[test]
+    fn transport_failure_is_unavailable() {
+        let e = ctrd("version")(Status::unknown("transport error: connection refused"));
+        let s: Status = e.into();
+        assert_eq!(s.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn unimplemented_names_the_rpc() {
+        let s: Status = Error::Unimplemented("Attach").into();
+        assert_eq!(s.code(), Code::Unimplemented);
+        assert!(s.message().contains("Attach"));
+    }
+}

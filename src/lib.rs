@@ -1,0 +1,24 @@
+//! peapod: a Kubernetes CRI v1 runtime on containerd's native API.
+//!
+//! The gRPC layer (`server`) only validates and translates; the domain modules hold the logic.
+
+pub mod config;
+pub mod containerd;
+pub mod error;
+pub mod id;
+pub mod image;
+pub mod network;
+pub mod runtime;
+pub mod server;
+pub mod store;
+
+/// The CRI v1 API generated from `proto/api.proto`.
+pub mod cri {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("runtime.v1");
+}
+
+/// Runtime name reported by `Version`.
+pub const RUNTIME_NAME: &str = "peapod";
+/// CRI API version peapod implements.
+pub const CRI_VERSION: &str = "v1";

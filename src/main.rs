@@ -1,0 +1,94 @@
+//! The peapod daemon: loads its settings, connects to containerd, serves the CRI.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use peapod::config::{Cli, Config};
+use peapod::runtime::Runtime;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("peapod: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peapod: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("peapod: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(config: Config) -> peapod::error::Result<()> {
+    let listen = config.listen.clone();
+    let listener = peapod::server::bind(&listen).await?;
+    let rt = Arc::new(Runtime::new(config)?);
+    match rt.ctrd.version().await {
+        Ok(v) => {
+            tracing::info!(version = %v, socket = %rt.ctrd.socket().display(), "connected to containerd")
+        }
+        Err(e) => tracing::warn!("{e}; RuntimeReady stays false until it answers"),
+    }
+    if let Ok(true) = rt.ctrd.builtin_cri_enabled().await {
+        tracing::warn!(
+            "containerd's built-in CRI plugin is enabled on {}: it and peapod would both manage pods \
+             and CNI on this node; disable it (disabled_plugins = [\"io.containerd.grpc.v1.cri\"])",
+            rt.ctrd.socket().display()
+        );
+    }
+    rt.recover().await;
+    tracing::info!(socket = %listen.display(), namespace = %rt.ctrd.namespace(), "peapod serving CRI v1");
+    let result = peapod::server::serve(rt.clone(), listener, shutdown_signal()).await;
+    let _ = std::fs::remove_file(&listen);
+    tracing::info!("peapod stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop peapod with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

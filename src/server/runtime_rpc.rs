@@ -1,0 +1,248 @@
+//! RuntimeService: each RPC validates its request and hands it to the domain module that owns it.
+
+use tonic::{Request, Response, Status};
+
+use crate::cri::*;
+use crate::error::Error;
+use crate::server::Peapod;
+
+#[tonic::async_trait]
+impl runtime_service_server::RuntimeService for Peapod {
+    async fn version(
+        &self,
+        req: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        Ok(Response::new(self.version_impl(req.into_inner()).await?))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        _req: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        Err(Error::Unimplemented("RunPodSandbox").into())
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        _req: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        Err(Error::Unimplemented("StopPodSandbox").into())
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        _req: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        Err(Error::Unimplemented("RemovePodSandbox").into())
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        _req: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        Err(Error::Unimplemented("PodSandboxStatus").into())
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        _req: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        Err(Error::Unimplemented("ListPodSandbox").into())
+    }
+
+    async fn create_container(
+        &self,
+        _req: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        Err(Error::Unimplemented("CreateContainer").into())
+    }
+
+    async fn start_container(
+        &self,
+        _req: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        Err(Error::Unimplemented("StartContainer").into())
+    }
+
+    async fn stop_container(
+        &self,
+        _req: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        Err(Error::Unimplemented("StopContainer").into())
+    }
+
+    async fn remove_container(
+        &self,
+        _req: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        Err(Error::Unimplemented("RemoveContainer").into())
+    }
+
+    async fn list_containers(
+        &self,
+        _req: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        Err(Error::Unimplemented("ListContainers").into())
+    }
+
+    async fn container_status(
+        &self,
+        _req: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        Err(Error::Unimplemented("ContainerStatus").into())
+    }
+
+    async fn update_container_resources(
+        &self,
+        _req: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        Err(Error::Unimplemented("UpdateContainerResources").into())
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _req: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        Err(Error::Unimplemented("ReopenContainerLog").into())
+    }
+
+    async fn exec_sync(
+        &self,
+        _req: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        Err(Error::Unimplemented("ExecSync").into())
+    }
+
+    async fn exec(&self, _req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        Err(Error::Unimplemented("Exec").into())
+    }
+
+    async fn attach(
+        &self,
+        _req: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        Err(Error::Unimplemented("Attach").into())
+    }
+
+    async fn port_forward(
+        &self,
+        _req: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        Err(Error::Unimplemented("PortForward").into())
+    }
+
+    async fn container_stats(
+        &self,
+        _req: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        Err(Error::Unimplemented("ContainerStats").into())
+    }
+
+    async fn list_container_stats(
+        &self,
+        _req: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        Err(Error::Unimplemented("ListContainerStats").into())
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _req: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        Err(Error::Unimplemented("PodSandboxStats").into())
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _req: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        Err(Error::Unimplemented("ListPodSandboxStats").into())
+    }
+
+    async fn update_runtime_config(
+        &self,
+        req: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        Ok(Response::new(
+            self.update_runtime_config_impl(req.into_inner()).await?,
+        ))
+    }
+
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.status_impl(req.into_inner()).await?))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _req: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        Err(Error::Unimplemented("CheckpointContainer").into())
+    }
+
+    type GetContainerEventsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send>,
+    >;
+
+    async fn get_container_events(
+        &self,
+        _req: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(Error::Unimplemented("GetContainerEvents").into())
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _req: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        Err(Error::Unimplemented("ListMetricDescriptors").into())
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        Err(Error::Unimplemented("ListPodSandboxMetrics").into())
+    }
+
+    async fn runtime_config(
+        &self,
+        req: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        Ok(Response::new(
+            self.runtime_config_impl(req.into_inner()).await?,
+        ))
+    }
+}
+
+impl Peapod {
+    async fn version_impl(&self, _req: VersionRequest) -> Result<VersionResponse, Error> {
+        Ok(self.rt.version())
+    }
+
+    async fn status_impl(&self, req: StatusRequest) -> Result<StatusResponse, Error> {
+        Ok(self.rt.status(req.verbose).await)
+    }
+
+    async fn runtime_config_impl(
+        &self,
+        _req: RuntimeConfigRequest,
+    ) -> Result<RuntimeConfigResponse, Error> {
+        Ok(self.rt.runtime_config())
+    }
+
+    async fn update_runtime_config_impl(
+        &self,
+        req: UpdateRuntimeConfigRequest,
+    ) -> Result<UpdateRuntimeConfigResponse, Error> {
+        let cidr = req
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        self.rt.network.set_pod_cidr(&cidr)?;
+        Ok(UpdateRuntimeConfigResponse {})
+    }
+}
