@@ -2,3 +2,4 @@
 //! the shim (`io`) and the CRI log writer that drains them (`logs`).
 
 pub mod io;
+pub mod logs;
