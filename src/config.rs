@@ -30,7 +30,7 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     /// Directories searched for CNI plugin binaries, in order.
     pub cni_bin_dirs: Vec<PathBuf>,
-    /// Directory where pod network namespaces are pinned (as `ip netns` does).
+    /// Directory where pod network namespaces are pinned (bind mounts), as `ip netns` does.
     pub netns_dir: PathBuf,
     /// Image of each pod's infra (pause) container.
     pub sandbox_image: String,
