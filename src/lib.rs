@@ -12,6 +12,8 @@ pub mod network;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod task;
+pub mod sandbox;
 
 /// The CRI v1 API generated from `proto/api.proto`.
 pub mod cri {

