@@ -10,6 +10,7 @@ pub mod image;
 pub mod network;
 pub mod runtime;
 pub mod server;
+pub mod spec;
 pub mod store;
 
 /// The CRI v1 API generated from `proto/api.proto`.
