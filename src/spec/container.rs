@@ -56,7 +56,7 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec> {
         )));
     }
     let resolved = user::resolve_user(input.users, sc, image.and_then(|c| c.user().as_deref()))?;
-    let caps = security::capabilities(sc, privileged)?;
+    let caps = security::capabilities(sc, privileged, &host.security)?;
     let bounding = caps.bounding().clone().unwrap_or_default();
     let seccomp = security::seccomp(sc, privileged, &bounding, &host.security)?;
     let apparmor = security::apparmor(sc, privileged, &host.security)?;
@@ -1244,5 +1244,151 @@ mod tests {
         // Round trip.
         let back: Spec = serde_json::from_value(json).unwrap();
         assert_eq!(back, spec);
+    }
+
+    /// Runs a generated spec with the host's runc (needs root, runc and a static
+    /// /bin/busybox): `cargo test -- --ignored runc_runs_generated_spec`.
+    #[test]
+    #[ignore]
+    fn runc_runs_generated_spec() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bundle = tmp.path().join("bundle");
+        let rootfs = bundle.join("rootfs");
+        for d in ["bin", "etc", "proc", "dev", "sys", "tmp", "data"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            rootfs.join("etc/group"),
+            "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+        )
+        .unwrap();
+        let files = tmp.path().join("sandbox");
+        std::fs::create_dir_all(files.join("shm")).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(files.join("shm"), std::fs::Permissions::from_mode(0o1777))
+                .unwrap();
+        }
+        std::fs::write(files.join("hostname"), "pod-host\n").unwrap();
+        std::fs::write(files.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        std::fs::write(files.join("resolv.conf"), "nameserver 10.0.0.10\n").unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+
+        let mut f = Fixture::new();
+        f.host = HostInfo::detect(CgroupDriver::Cgroupfs);
+        f.users = UserDb::from_rootfs(&rootfs).unwrap();
+        f.sandbox.pid = std::process::id();
+        f.sandbox.host_pid = true;
+        f.sandbox.cgroup_parent = "/peapod-spec-test".into();
+        f.sandbox.hostname_path = Some(files.join("hostname"));
+        f.sandbox.hosts_path = Some(files.join("hosts"));
+        f.sandbox.resolv_conf_path = Some(files.join("resolv.conf"));
+        f.sandbox.shm_path = Some(files.join("shm"));
+        f.config.command = vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            "id; grep -E '^(CapBnd|Seccomp|NoNewPrivs)' /proc/self/status; \
+             cat /etc/resolv.conf; echo hi > /dev/shm/x; touch /data/y 2>/dev/null || echo ro-ok; \
+             /bin/busybox unshare -U true 2>/dev/null || echo unshare-blocked"
+                .into(),
+        ];
+        f.config.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: data.to_str().unwrap().into(),
+            readonly: true,
+            ..Default::default()
+        }];
+        f.sc().run_as_user = Some(cri::Int64Value { value: 1000 });
+        f.sc().no_new_privs = true;
+        f.sc().seccomp = Some(cri::SecurityProfile {
+            profile_type: 0,
+            localhost_ref: String::new(),
+        });
+        f.config.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_shares: 512,
+            ..Default::default()
+        });
+        let (ok, stdout, stderr) = runc_run(tmp.path(), &bundle, &f.spec());
+        eprintln!("{stdout}");
+        assert!(ok, "runc failed: {stdout}\n{stderr}");
+        assert!(stdout.contains("uid=1000"), "{stdout}");
+        assert!(stdout.contains("groups=1000(app),2000(extra)"), "{stdout}");
+        assert!(stdout.contains("Seccomp:\t2"), "{stdout}");
+        assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+        assert!(stdout.contains("nameserver 10.0.0.10"), "{stdout}");
+        assert!(stdout.contains("ro-ok"), "{stdout}");
+        assert!(stdout.contains("unshare-blocked"), "{stdout}");
+        assert_eq!(
+            std::fs::read_to_string(files.join("shm/x")).unwrap(),
+            "hi\n"
+        );
+
+        // The same pod, privileged: all capabilities, no seccomp, writable /sys.
+        f.sandbox_config
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .privileged = true;
+        f.sc().privileged = true;
+        f.sc().run_as_user = None;
+        f.config.command = vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            "grep -E '^(CapBnd|Seccomp):' /proc/self/status; ls /dev/null /dev/tty; \
+             grep ' /sys ' /proc/self/mounts"
+                .into(),
+        ];
+        let (ok, stdout, stderr) = runc_run(tmp.path(), &bundle, &f.spec());
+        eprintln!("{stdout}");
+        assert!(ok, "runc failed (privileged): {stdout}\n{stderr}");
+        assert!(stdout.contains("Seccomp:\t0"), "{stdout}");
+        assert!(!stdout.contains("CapBnd:\t00000000a80425fb"), "{stdout}");
+        assert!(stdout.contains(" rw,"), "{stdout}");
+    }
+
+    /// Runs `spec` with runc in `bundle`; returns (success, stdout, stderr).
+    fn runc_run(tmp: &Path, bundle: &Path, spec: &Spec) -> (bool, String, String) {
+        use std::process::Command;
+        spec.save(bundle.join("config.json")).unwrap();
+        let state = tmp.join("state");
+        let id = format!("peapod-spec-test-{}", std::process::id());
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["delete", "-f", &id])
+            .output();
+        // runc leaves the (empty) parent cgroups behind.
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir(e.path().join("peapod-spec-test"));
+            }
+        }
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }

@@ -31,50 +31,71 @@ pub const DEFAULT_CAPABILITIES: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
-/// Every capability peapod knows (runc skips those the running kernel lacks).
+/// Every capability peapod knows, in kernel bit order (`ALL_CAPABILITIES[n]` is bit `n`).
 pub const ALL_CAPABILITIES: &[Capability] = &[
-    Capability::AuditControl,
-    Capability::AuditRead,
-    Capability::AuditWrite,
-    Capability::BlockSuspend,
-    Capability::Bpf,
-    Capability::CheckpointRestore,
     Capability::Chown,
     Capability::DacOverride,
     Capability::DacReadSearch,
     Capability::Fowner,
     Capability::Fsetid,
-    Capability::IpcLock,
-    Capability::IpcOwner,
     Capability::Kill,
-    Capability::Lease,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
     Capability::LinuxImmutable,
-    Capability::MacAdmin,
-    Capability::MacOverride,
-    Capability::Mknod,
-    Capability::NetAdmin,
     Capability::NetBindService,
     Capability::NetBroadcast,
+    Capability::NetAdmin,
     Capability::NetRaw,
-    Capability::Perfmon,
-    Capability::Setgid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::Setuid,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::SysModule,
+    Capability::SysRawio,
+    Capability::SysChroot,
+    Capability::SysPtrace,
+    Capability::SysPacct,
     Capability::SysAdmin,
     Capability::SysBoot,
-    Capability::SysChroot,
-    Capability::SysModule,
     Capability::SysNice,
-    Capability::SysPacct,
-    Capability::SysPtrace,
-    Capability::SysRawio,
     Capability::SysResource,
     Capability::SysTime,
     Capability::SysTtyConfig,
+    Capability::Mknod,
+    Capability::Lease,
+    Capability::AuditWrite,
+    Capability::AuditControl,
+    Capability::Setfcap,
+    Capability::MacOverride,
+    Capability::MacAdmin,
     Capability::Syslog,
     Capability::WakeAlarm,
+    Capability::BlockSuspend,
+    Capability::AuditRead,
+    Capability::Perfmon,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
 ];
+
+/// The capabilities in a `/proc/<pid>/status` capability mask (hex).
+pub fn capabilities_from_mask(hex: &str) -> Option<Capabilities> {
+    let mask = u64::from_str_radix(hex.trim(), 16).ok()?;
+    Some(
+        ALL_CAPABILITIES
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+            .map(|(_, c)| *c)
+            .collect(),
+    )
+}
+
+/// peapod's own bounding set: what "all capabilities" can mean for its containers (runc cannot
+/// grant a capability its parent lacks).
+pub fn own_bounding_set() -> Option<Capabilities> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    capabilities_from_mask(line)
+}
 
 /// containerd's default masked paths (kubelet sends the same list for `procMount: Default`).
 pub const DEFAULT_MASKED_PATHS: &[&str] = &[
@@ -110,6 +131,9 @@ pub struct HostSecurity {
     pub apparmor_default_profile: Option<String>,
     /// SELinux is enabled (selinuxfs mounted).
     pub selinux_enabled: bool,
+    /// The capabilities "ALL" and privileged grant: peapod's own bounding set (like containerd);
+    /// `None` means [`ALL_CAPABILITIES`].
+    pub capabilities: Option<Capabilities>,
     /// When set, Localhost seccomp profiles must lie in this directory (relative references are
     /// taken inside it).
     pub seccomp_profile_root: Option<PathBuf>,
@@ -126,6 +150,7 @@ impl HostSecurity {
         HostSecurity {
             apparmor_enabled,
             selinux_enabled,
+            capabilities: own_bounding_set(),
             ..Default::default()
         }
     }
@@ -167,7 +192,7 @@ fn is_all(name: &str) -> bool {
 
 /// The process capabilities.
 ///
-/// Privileged: every capability. Otherwise the default set, then (as containerd does) `ALL` in
+/// Privileged: every capability (`all`: the host's, see [`HostSecurity::capabilities`]). Otherwise the default set, then (as containerd does) `ALL` in
 /// add, `ALL` in drop, the named adds, the named drops. Bounding, effective and permitted are
 /// that set. Inheritable is empty (like containerd ≥ 1.6.18 / runc after CVE-2022-29162: a
 /// non-empty inheritable set lets an exec'd file with inheritable file caps gain them), except
@@ -176,13 +201,18 @@ fn is_all(name: &str) -> bool {
 pub fn capabilities(
     sc: Option<&cri::LinuxContainerSecurityContext>,
     privileged: bool,
+    host: &HostSecurity,
 ) -> Result<LinuxCapabilities> {
+    let all: Capabilities = match &host.capabilities {
+        Some(c) => c.clone(),
+        None => ALL_CAPABILITIES.iter().copied().collect(),
+    };
     const ADD: &str = "security_context.capabilities.add_capabilities";
     const DROP: &str = "security_context.capabilities.drop_capabilities";
     const AMBIENT: &str = "security_context.capabilities.add_ambient_capabilities";
 
     let mut set: Capabilities = if privileged {
-        ALL_CAPABILITIES.iter().copied().collect()
+        all.clone()
     } else {
         DEFAULT_CAPABILITIES.iter().copied().collect()
     };
@@ -190,7 +220,7 @@ pub fn capabilities(
     if let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) {
         if !privileged {
             if c.add_capabilities.iter().any(|n| is_all(n)) {
-                set = ALL_CAPABILITIES.iter().copied().collect();
+                set = all.clone();
             }
             if c.drop_capabilities.iter().any(|n| is_all(n)) {
                 set.clear();
@@ -478,7 +508,7 @@ mod tests {
 
     #[test]
     fn default_capabilities() {
-        let c = capabilities(None, false).unwrap();
+        let c = capabilities(None, false, &HostSecurity::default()).unwrap();
         let b = bounding(&c);
         assert_eq!(b.len(), 14);
         assert!(b.contains(&Capability::NetBindService) && b.contains(&Capability::AuditWrite));
@@ -497,6 +527,7 @@ mod tests {
                 &["cap_chown", "KILL"],
             )),
             false,
+            &HostSecurity::default(),
         )
         .unwrap();
         let b = bounding(&c);
@@ -506,11 +537,21 @@ mod tests {
 
     #[test]
     fn all_in_add_and_drop() {
-        let c = capabilities(Some(&with_caps(&["ALL"], &["CHOWN"])), false).unwrap();
+        let c = capabilities(
+            Some(&with_caps(&["ALL"], &["CHOWN"])),
+            false,
+            &HostSecurity::default(),
+        )
+        .unwrap();
         let b = bounding(&c);
         assert_eq!(b.len(), ALL_CAPABILITIES.len() - 1);
         assert!(!b.contains(&Capability::Chown));
-        let c = capabilities(Some(&with_caps(&["NET_BIND_SERVICE"], &["all"])), false).unwrap();
+        let c = capabilities(
+            Some(&with_caps(&["NET_BIND_SERVICE"], &["all"])),
+            false,
+            &HostSecurity::default(),
+        )
+        .unwrap();
         assert_eq!(
             bounding(&c),
             [Capability::NetBindService].into_iter().collect()
@@ -519,11 +560,21 @@ mod tests {
 
     #[test]
     fn unknown_capability_names_the_field() {
-        let e = capabilities(Some(&with_caps(&["NOPE"], &[])), false).unwrap_err();
+        let e = capabilities(
+            Some(&with_caps(&["NOPE"], &[])),
+            false,
+            &HostSecurity::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(e, Error::InvalidArgument(m) if m.contains("add_capabilities") && m.contains("NOPE"))
         );
-        let e = capabilities(Some(&with_caps(&[], &["CAP_BOGUS"])), false).unwrap_err();
+        let e = capabilities(
+            Some(&with_caps(&[], &["CAP_BOGUS"])),
+            false,
+            &HostSecurity::default(),
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::InvalidArgument(m) if m.contains("drop_capabilities")));
     }
 
@@ -534,7 +585,7 @@ mod tests {
             add_ambient_capabilities: vec!["NET_ADMIN".into()],
             ..Default::default()
         });
-        let c = capabilities(Some(&s), false).unwrap();
+        let c = capabilities(Some(&s), false, &HostSecurity::default()).unwrap();
         let one: Capabilities = [Capability::NetAdmin].into_iter().collect();
         assert_eq!(c.ambient().clone().unwrap(), one);
         assert_eq!(c.inheritable().clone().unwrap(), one);
@@ -542,8 +593,34 @@ mod tests {
     }
 
     #[test]
+    fn all_means_the_hosts_capabilities() {
+        let host = HostSecurity {
+            capabilities: capabilities_from_mask("000001fffeffffff"),
+            ..Default::default()
+        };
+        let c = capabilities(None, true, &host).unwrap();
+        assert_eq!(bounding(&c).len(), ALL_CAPABILITIES.len() - 1);
+        assert!(!bounding(&c).contains(&Capability::SysResource));
+        let c = capabilities(Some(&with_caps(&["ALL"], &[])), false, &host).unwrap();
+        assert!(!bounding(&c).contains(&Capability::SysResource));
+        assert_eq!(
+            capabilities_from_mask("a80425fb").unwrap(),
+            DEFAULT_CAPABILITIES
+                .iter()
+                .copied()
+                .collect::<Capabilities>()
+        );
+        assert!(own_bounding_set().is_some());
+    }
+
+    #[test]
     fn privileged_gets_all_capabilities_and_ignores_drop() {
-        let c = capabilities(Some(&with_caps(&[], &["CHOWN"])), true).unwrap();
+        let c = capabilities(
+            Some(&with_caps(&[], &["CHOWN"])),
+            true,
+            &HostSecurity::default(),
+        )
+        .unwrap();
         assert_eq!(bounding(&c).len(), ALL_CAPABILITIES.len());
     }
 
