@@ -11,6 +11,7 @@ pub mod image;
 pub mod network;
 pub mod runtime;
 pub mod server;
+pub mod spec;
 pub mod store;
 pub mod task;
 pub mod sandbox;
