@@ -10,11 +10,11 @@ pub mod id;
 pub mod image;
 pub mod network;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;
 pub mod spec;
 pub mod store;
 pub mod task;
-pub mod sandbox;
 
 /// The CRI v1 API generated from `proto/api.proto`.
 pub mod cri {

@@ -25,8 +25,12 @@ pub struct Exit {
 pub enum State {
     /// No task exists for the container.
     Absent,
-    Created { pid: u32 },
-    Running { pid: u32 },
+    Created {
+        pid: u32,
+    },
+    Running {
+        pid: u32,
+    },
     Stopped(Exit),
     Other(i32),
 }
@@ -214,7 +218,9 @@ pub async fn kill_and_delete(c: &Containerd, id: &str, limit: Duration) -> Resul
 }
 
 pub fn ts_ns(t: prost_types::Timestamp) -> i64 {
-    t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos))
+    t.seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(t.nanos))
 }
 
 pub fn now_ns() -> i64 {

@@ -115,6 +115,7 @@ impl Network {
         list.check_plugins(&self.bin_dirs)?;
         let rt = runtime_conf(req);
         let exec = self.exec();
+        self.loopback_up(&exec, &rt).await?;
         let result = exec.add_list(&list, &rt).await?;
 
         let cached = CachedAttachment {
@@ -135,6 +136,19 @@ impl Network {
             ips,
             interface: POD_IFNAME.to_string(),
         })
+    }
+
+    /// A new namespace's `lo` is down; pods expect 127.0.0.1 to work (containers of a pod
+    /// talk over localhost), so the loopback plugin brings it up as containerd's CRI does.
+    async fn loopback_up(&self, exec: &cni::Exec, rt: &cni::RuntimeConf) -> Result<()> {
+        let conf =
+            serde_json::json!({"cniVersion": "0.3.1", "name": "cni-loopback", "type": "loopback"});
+        let lo = cni::RuntimeConf {
+            ifname: "lo".to_string(),
+            capability_args: Map::new(),
+            ..rt.clone()
+        };
+        exec.run(&conf, "ADD", &lo).await.map(|_| ())
     }
 
     /// Detaches the sandbox from its network. Idempotent. When DEL cannot possibly run (no

@@ -33,14 +33,23 @@ pub fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<Vec<u8>> {
 
 /// Writes hostname, hosts and resolv.conf into `dir`; mounts the shm tmpfs unless the pod
 /// shares the host's IPC namespace (then containers use the host's /dev/shm).
-pub fn write(dir: &Path, config: &cri::PodSandboxConfig, hostname: &str, host_ipc: bool) -> Result<()> {
+pub fn write(
+    dir: &Path,
+    config: &cri::PodSandboxConfig,
+    hostname: &str,
+    host_ipc: bool,
+) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
     // kubelet mounts its own /etc/hosts into pod containers; this copy serves the rest.
-    let hosts = std::fs::read("/etc/hosts")
-        .unwrap_or_else(|_| b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_vec());
+    let hosts = std::fs::read("/etc/hosts").unwrap_or_else(|_| {
+        b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_vec()
+    });
     std::fs::write(dir.join("hosts"), hosts)?;
-    std::fs::write(dir.join("resolv.conf"), resolv_conf(config.dns_config.as_ref())?)?;
+    std::fs::write(
+        dir.join("resolv.conf"),
+        resolv_conf(config.dns_config.as_ref())?,
+    )?;
     if !host_ipc {
         let shm = dir.join("shm");
         std::fs::create_dir_all(&shm)?;

@@ -17,7 +17,7 @@ use crate::cri;
 use crate::error::{ctrd, Error, Result};
 use crate::network::{netns, PodNetworkRequest, PortMapping};
 use crate::runtime::Runtime;
-use crate::sandbox::{files, spec, reserved_name, Sandbox, SandboxState};
+use crate::sandbox::{files, reserved_name, spec, Sandbox, SandboxState};
 use crate::{id, store, task};
 
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -32,13 +32,21 @@ pub fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
         .metadata
         .as_ref()
         .ok_or_else(|| Error::invalid("pod sandbox config: metadata is required"))?;
-    for (field, v) in [("metadata.name", &m.name), ("metadata.namespace", &m.namespace), ("metadata.uid", &m.uid)] {
+    for (field, v) in [
+        ("metadata.name", &m.name),
+        ("metadata.namespace", &m.namespace),
+        ("metadata.uid", &m.uid),
+    ] {
         if v.is_empty() {
-            return Err(Error::invalid(format!("pod sandbox config: {field} must not be empty")));
+            return Err(Error::invalid(format!(
+                "pod sandbox config: {field} must not be empty"
+            )));
         }
     }
     if m.attempt > 1_000_000 {
-        return Err(Error::invalid("pod sandbox config: metadata.attempt is unreasonably large"));
+        return Err(Error::invalid(
+            "pod sandbox config: metadata.attempt is unreasonably large",
+        ));
     }
     if !config.hostname.is_empty() && !valid_hostname(&config.hostname) {
         return Err(Error::invalid(format!(
@@ -54,7 +62,10 @@ pub fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
     }
     for (i, p) in config.port_mappings.iter().enumerate() {
         if cri::Protocol::try_from(p.protocol).is_err() {
-            return Err(Error::invalid(format!("port_mappings[{i}]: unknown protocol {}", p.protocol)));
+            return Err(Error::invalid(format!(
+                "port_mappings[{i}]: unknown protocol {}",
+                p.protocol
+            )));
         }
         if !(1..=65535).contains(&p.container_port) {
             return Err(Error::invalid(format!(
@@ -69,7 +80,10 @@ pub fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
             )));
         }
         if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(Error::invalid(format!("port_mappings[{i}]: host_ip {:?} is not an IP", p.host_ip)));
+            return Err(Error::invalid(format!(
+                "port_mappings[{i}]: host_ip {:?} is not an IP",
+                p.host_ip
+            )));
         }
     }
     if !matches!(handler, "" | "runc") {
@@ -91,7 +105,11 @@ fn valid_hostname(h: &str) -> bool {
         })
 }
 
-fn network_request(sb_id: &str, config: &cri::PodSandboxConfig, netns: PathBuf) -> PodNetworkRequest {
+fn network_request(
+    sb_id: &str,
+    config: &cri::PodSandboxConfig,
+    netns: PathBuf,
+) -> PodNetworkRequest {
     let m = config.metadata.clone().unwrap_or_default();
     PodNetworkRequest {
         sandbox_id: sb_id.to_string(),
@@ -114,11 +132,14 @@ fn network_request(sb_id: &str, config: &cri::PodSandboxConfig, netns: PathBuf) 
                 host_ip: p.host_ip.clone(),
             })
             .collect(),
-        dns: config.dns_config.as_ref().map(|d| crate::network::DnsConfig {
-            servers: d.servers.clone(),
-            searches: d.searches.clone(),
-            options: d.options.clone(),
-        }),
+        dns: config
+            .dns_config
+            .as_ref()
+            .map(|d| crate::network::DnsConfig {
+                servers: d.servers.clone(),
+                searches: d.searches.clone(),
+                options: d.options.clone(),
+            }),
     }
 }
 
@@ -134,7 +155,11 @@ struct Made {
     task: bool,
 }
 
-pub async fn run(rt: Arc<Runtime>, config: cri::PodSandboxConfig, handler: String) -> Result<String> {
+pub async fn run(
+    rt: Arc<Runtime>,
+    config: cri::PodSandboxConfig,
+    handler: String,
+) -> Result<String> {
     validate(&config, &handler)?;
     let meta = config.metadata.clone().unwrap_or_default();
     let name = reserved_name(&meta);
@@ -196,7 +221,10 @@ async fn create(
 
     if !config.log_directory.is_empty() {
         std::fs::create_dir_all(&config.log_directory).map_err(|e| {
-            Error::internal(format!("create log directory {}: {e}", config.log_directory))
+            Error::internal(format!(
+                "create log directory {}: {e}",
+                config.log_directory
+            ))
         })?;
     }
     let dir = rt.sandbox_dir(id);
@@ -240,7 +268,10 @@ async fn create(
             &lease_id(id),
         ))
         .await
-        .map_err(ctrd(format!("prepare snapshot for sandbox {id} from {}", image.chain_id)))?
+        .map_err(ctrd(format!(
+            "prepare snapshot for sandbox {id} from {}",
+            image.chain_id
+        )))?
         .into_inner()
         .mounts;
     made.snapshot = true;
@@ -251,12 +282,24 @@ async fn create(
         image: &image.config,
         hostname: &hostname,
         netns: state.netns_path.as_deref(),
-        cgroups_path: spec::cgroups_path(&rt.config.cgroup_driver, &config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(), id),
+        cgroups_path: spec::cgroups_path(
+            &rt.config.cgroup_driver,
+            &config
+                .linux
+                .as_ref()
+                .map(|l| l.cgroup_parent.clone())
+                .unwrap_or_default(),
+            id,
+        ),
         min_oom_score_adj: spec::own_oom_score_adj(),
     })?;
-    let spec_bytes = serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encode spec: {e}")))?;
+    let spec_bytes =
+        serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encode spec: {e}")))?;
     let mut labels = HashMap::new();
-    labels.insert(super::LABEL_KIND.to_string(), super::KIND_SANDBOX.to_string());
+    labels.insert(
+        super::LABEL_KIND.to_string(),
+        super::KIND_SANDBOX.to_string(),
+    );
     labels.insert("io.peapod.name".to_string(), name.to_string());
     let mut extensions = HashMap::new();
     extensions.insert(
@@ -302,7 +345,14 @@ async fn create(
     state.ready = true;
     store::write_json_atomic(&super::state_file(&dir), &state)?;
 
-    let sb = Arc::new(Sandbox::new(id.to_string(), name.to_string(), config, handler, dir, state));
+    let sb = Arc::new(Sandbox::new(
+        id.to_string(),
+        name.to_string(),
+        config,
+        handler,
+        dir,
+        state,
+    ));
     rt.sandboxes.insert(sb.clone());
     watch_pause(rt.clone(), sb);
     tracing::info!(sandbox = %id, pod = %name, pid, "pod sandbox ready");
@@ -376,7 +426,11 @@ async fn stop_locked(rt: &Runtime, sb: &Sandbox) -> Result<()> {
     sb.update(|s| s.ready = false)?;
     let st = sb.state();
     if st.network_attached {
-        let req = network_request(&sb.id, &sb.config, st.netns_path.clone().unwrap_or_default());
+        let req = network_request(
+            &sb.id,
+            &sb.config,
+            st.netns_path.clone().unwrap_or_default(),
+        );
         rt.network.teardown(&req).await?;
         sb.update(|s| s.network_attached = false)?;
     }
@@ -461,7 +515,11 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
         .ctrd
         .containers()
         .list(rt.ctrd.req(ListContainersRequest {
-            filters: vec![format!("labels.\"{}\"=={}", super::LABEL_KIND, super::KIND_SANDBOX)],
+            filters: vec![format!(
+                "labels.\"{}\"=={}",
+                super::LABEL_KIND,
+                super::KIND_SANDBOX
+            )],
         }))
         .await
         .map_err(ctrd("list sandbox containers"))?
@@ -492,12 +550,22 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
                 created_at: ctr.created_at.map(task::ts_ns).unwrap_or(0),
                 ..Default::default()
             });
-        let running = matches!(task::state(&rt.ctrd, &id).await?, task::State::Running { .. });
+        let running = matches!(
+            task::state(&rt.ctrd, &id).await?,
+            task::State::Running { .. }
+        );
         if !running {
             state.ready = false;
         }
         let name = reserved_name(&config.metadata.clone().unwrap_or_default());
-        let sb = Arc::new(Sandbox::new(id.clone(), name.clone(), config, String::new(), dir, state));
+        let sb = Arc::new(Sandbox::new(
+            id.clone(),
+            name.clone(),
+            config,
+            String::new(),
+            dir,
+            state,
+        ));
         if sb.dir.exists() {
             sb.update(|_| {})?;
         }
@@ -517,7 +585,8 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
                 continue;
             }
             let dir = e.path();
-            let st: Option<SandboxState> = store::read_json(&super::state_file(&dir)).ok().flatten();
+            let st: Option<SandboxState> =
+                store::read_json(&super::state_file(&dir)).ok().flatten();
             if let Some(st) = st {
                 if let Some(p) = &st.netns_path {
                     let req = network_request(&id, &cri::PodSandboxConfig::default(), p.clone());

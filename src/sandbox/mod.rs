@@ -217,16 +217,19 @@ impl Sandboxes {
     }
 
     pub fn remove(&self, id: &str) {
-        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// By full id or unique prefix.
     pub fn get(&self, id_or_prefix: &str) -> Result<Arc<Sandbox>> {
         let m = self.map.read().unwrap_or_else(|p| p.into_inner());
         let id = store::resolve_prefix(m.keys(), id_or_prefix, "pod sandbox")?;
-        m.get(&id)
-            .cloned()
-            .ok_or_else(|| crate::error::Error::not_found(format!("pod sandbox {id_or_prefix:?} not found")))
+        m.get(&id).cloned().ok_or_else(|| {
+            crate::error::Error::not_found(format!("pod sandbox {id_or_prefix:?} not found"))
+        })
     }
 
     pub fn all(&self) -> Vec<Arc<Sandbox>> {
@@ -247,7 +250,10 @@ impl Sandboxes {
                 None => true,
                 Some(f) => {
                     (f.id.is_empty() || s.id.starts_with(&f.id))
-                        && f.state.as_ref().map(|st| st.state == s.state).unwrap_or(true)
+                        && f.state
+                            .as_ref()
+                            .map(|st| st.state == s.state)
+                            .unwrap_or(true)
                         && store::labels_match(&s.labels, &f.label_selector)
                 }
             })

@@ -84,9 +84,17 @@ pub fn pause_spec(input: &PauseSpecInput<'_>) -> Result<Value> {
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref());
-    let uid = sc.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value).unwrap_or(0);
-    let gid = sc.and_then(|s| s.run_as_group.as_ref()).map(|g| g.value).unwrap_or(0);
-    let groups: Vec<i64> = sc.map(|s| s.supplemental_groups.clone()).unwrap_or_default();
+    let uid = sc
+        .and_then(|s| s.run_as_user.as_ref())
+        .map(|u| u.value)
+        .unwrap_or(0);
+    let gid = sc
+        .and_then(|s| s.run_as_group.as_ref())
+        .map(|g| g.value)
+        .unwrap_or(0);
+    let groups: Vec<i64> = sc
+        .map(|s| s.supplemental_groups.clone())
+        .unwrap_or_default();
     let privileged = sc.map(|s| s.privileged).unwrap_or(false);
 
     let mut namespaces = vec![json!({"type": "mount"})];
@@ -121,7 +129,10 @@ pub fn pause_spec(input: &PauseSpecInput<'_>) -> Result<Value> {
     annotations.insert(ANN_SANDBOX_NAME.into(), json!(meta.name));
     annotations.insert(ANN_SANDBOX_NAMESPACE.into(), json!(meta.namespace));
     annotations.insert(ANN_SANDBOX_UID.into(), json!(meta.uid));
-    annotations.insert(ANN_SANDBOX_LOG_DIR.into(), json!(input.config.log_directory));
+    annotations.insert(
+        ANN_SANDBOX_LOG_DIR.into(),
+        json!(input.config.log_directory),
+    );
 
     let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
     let mut linux = json!({
@@ -199,7 +210,11 @@ pub fn own_oom_score_adj() -> i32 {
 /// The cgroups path runc gets: `<parent>/<id>` for cgroupfs, `slice:prefix:id` for systemd.
 pub fn cgroups_path(driver: &str, parent: &str, id: &str) -> String {
     if driver == "systemd" {
-        let slice = if parent.is_empty() { "system.slice" } else { parent.trim_start_matches('/') };
+        let slice = if parent.is_empty() {
+            "system.slice"
+        } else {
+            parent.trim_start_matches('/')
+        };
         format!("{slice}:cri-peapod:{id}")
     } else if parent.is_empty() {
         format!("/peapod/{id}")
@@ -213,7 +228,9 @@ pub fn validate_sysctls(config: &cri::PodSandboxConfig) -> Result<()> {
     let ns = namespace_options(config);
     let host_net = ns.network == cri::NamespaceMode::Node as i32;
     let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
-    let Some(l) = config.linux.as_ref() else { return Ok(()) };
+    let Some(l) = config.linux.as_ref() else {
+        return Ok(());
+    };
     for k in l.sysctls.keys() {
         let ipc = k.starts_with("kernel.shm")
             || k.starts_with("kernel.msg")
@@ -256,7 +273,12 @@ mod tests {
     #[test]
     fn pause_spec_joins_pinned_netns_and_clamps_oom() {
         let cfg = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata { name: "p".into(), namespace: "n".into(), uid: "u".into(), attempt: 0 }),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "p".into(),
+                namespace: "n".into(),
+                uid: "u".into(),
+                attempt: 0,
+            }),
             linux: Some(cri::LinuxPodSandboxConfig {
                 sysctls: [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
                 ..Default::default()
@@ -280,7 +302,9 @@ mod tests {
         assert_eq!(s["annotations"][ANN_CONTAINER_TYPE], "sandbox");
         assert_eq!(s["hostname"], "h");
         let nss = s["linux"]["namespaces"].as_array().unwrap();
-        assert!(nss.iter().any(|n| n["type"] == "network" && n["path"] == "/var/run/netns/x"));
+        assert!(nss
+            .iter()
+            .any(|n| n["type"] == "network" && n["path"] == "/var/run/netns/x"));
         assert_eq!(s["linux"]["sysctl"]["net.ipv4.ip_forward"], "1");
     }
 
@@ -294,11 +318,16 @@ mod tests {
             ..Default::default()
         };
         assert!(validate_sysctls(&cfg).is_ok());
-        cfg.linux.as_mut().unwrap().sysctls = [("vm.swappiness".to_string(), "1".to_string())].into();
+        cfg.linux.as_mut().unwrap().sysctls =
+            [("vm.swappiness".to_string(), "1".to_string())].into();
         assert!(validate_sysctls(&cfg).is_err());
-        cfg.linux.as_mut().unwrap().sysctls = [("net.core.somaxconn".to_string(), "1".to_string())].into();
+        cfg.linux.as_mut().unwrap().sysctls =
+            [("net.core.somaxconn".to_string(), "1".to_string())].into();
         cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() }),
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
             ..Default::default()
         });
         let e = validate_sysctls(&cfg).unwrap_err();
