@@ -30,6 +30,8 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     /// Directories searched for CNI plugin binaries, in order.
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Directory where pod network namespaces are pinned (bind mounts), as `ip netns` does.
+    pub netns_dir: PathBuf,
     /// Image of each pod's infra (pause) container.
     pub sandbox_image: String,
     /// cgroup driver: "cgroupfs" or "systemd"; must match kubelet's --cgroup-driver.
@@ -61,6 +63,7 @@ impl Default for Config {
             runtime: "io.containerd.runc.v2".into(),
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            netns_dir: "/var/run/netns".into(),
             sandbox_image: "registry.k8s.io/pause:3.10".into(),
             cgroup_driver: "cgroupfs".into(),
             registry_config_dir: "/etc/containerd/certs.d".into(),
@@ -105,6 +108,9 @@ pub struct Cli {
     /// CNI plugin directory; repeat for several, searched in order. [default: /opt/cni/bin, /usr/lib/cni]
     #[arg(long = "cni-bin-dir")]
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Directory where pod network namespaces are pinned. [default: /var/run/netns]
+    #[arg(long)]
+    pub netns_dir: Option<PathBuf>,
     /// Image for each pod's pause container. [default: registry.k8s.io/pause:3.10]
     #[arg(long)]
     pub sandbox_image: Option<String>,
@@ -155,6 +161,7 @@ impl Config {
             snapshotter,
             runtime,
             cni_conf_dir,
+            netns_dir,
             sandbox_image,
             cgroup_driver,
             registry_config_dir,

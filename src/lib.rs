@@ -3,6 +3,7 @@
 //! The gRPC layer (`server`) only validates and translates; the domain modules hold the logic.
 
 pub mod config;
+pub mod container;
 pub mod containerd;
 pub mod error;
 pub mod id;

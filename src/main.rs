@@ -72,7 +72,20 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     }
     rt.recover().await;
     tracing::info!(socket = %listen.display(), namespace = %rt.ctrd.namespace(), "peapod serving CRI v1");
-    let result = peapod::server::serve(rt.clone(), listener, shutdown_signal()).await;
+    // Graceful shutdown waits for open connections, and kubelet never closes its own:
+    // in-flight RPCs get a few seconds after the signal, then peapod exits regardless.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = peapod::server::serve(rt.clone(), listener, async {
+        shutdown_signal().await;
+        let _ = tx.send(());
+    });
+    let result = tokio::select! {
+        r = server => r,
+        _ = async {
+            let _ = rx.await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        } => Ok(()),
+    };
     let _ = std::fs::remove_file(&listen);
     tracing::info!("peapod stopped");
     result

@@ -1,0 +1,190 @@
+//! Version, Status, RuntimeConfig and the daemon's socket handling, against a real containerd.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Rig;
+use peapod::cri::*;
+
+fn condition(s: &StatusResponse, t: &str) -> RuntimeCondition {
+    s.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.r#type == t)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {t} condition in {s:?}"))
+}
+
+#[tokio::test]
+async fn version_status_and_runtime_config() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let v = rt
+        .version(VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "peapod");
+    assert_eq!(v.runtime_api_version, "v1");
+    assert!(!v.runtime_version.is_empty());
+
+    let s = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(condition(&s, "RuntimeReady").status, "{s:?}");
+    assert!(condition(&s, "NetworkReady").status, "{s:?}");
+    assert_eq!(
+        s.info.get("cniNetwork").map(String::as_str),
+        Some("peapod-test")
+    );
+
+    let c = rt
+        .runtime_config(RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        c.linux.unwrap().cgroup_driver,
+        CgroupDriver::Cgroupfs as i32
+    );
+
+    rt.update_runtime_config(UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig {
+            network_config: Some(NetworkConfig {
+                pod_cidr: "10.244.0.0/16".into(),
+            }),
+        }),
+    })
+    .await
+    .unwrap();
+    let bad = rt
+        .update_runtime_config(UpdateRuntimeConfigRequest {
+            runtime_config: Some(RuntimeConfig {
+                network_config: Some(NetworkConfig {
+                    pod_cidr: "not-a-cidr".into(),
+                }),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn network_not_ready_without_cni_config() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    for e in std::fs::read_dir(&rig.cni_conf_dir).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let mut rt = rig.runtime_client().await;
+    let s = rt
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let net = condition(&s, "NetworkReady");
+    assert!(!net.status);
+    assert_eq!(net.reason, "NetworkPluginNotReady");
+    assert!(
+        net.message.contains("no CNI network config"),
+        "{}",
+        net.message
+    );
+    assert!(condition(&s, "RuntimeReady").status);
+}
+
+#[tokio::test]
+async fn runtime_not_ready_while_containerd_is_down_then_recovers() {
+    if !common::require_root() {
+        return;
+    }
+    let mut rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    rig.stop_containerd();
+    let s = rt
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let r = condition(&s, "RuntimeReady");
+    assert!(!r.status, "RuntimeReady while containerd is down: {s:?}");
+    assert_eq!(r.reason, "ContainerdUnreachable");
+    // An RPC that needs containerd says Unavailable, not Internal.
+    let e = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .err();
+    if let Some(e) = e {
+        assert!(matches!(e.code(), tonic::Code::Unavailable), "{e:?}");
+    }
+    rig.restart_containerd();
+    let ready = common::eventually(Duration::from_secs(20), || {
+        let mut rt = rt.clone();
+        async move {
+            let s = rt.status(StatusRequest::default()).await.ok()?.into_inner();
+            condition(&s, "RuntimeReady").status.then_some(())
+        }
+    })
+    .await;
+    assert!(ready.is_some(), "peapod did not see containerd come back");
+}
+
+#[tokio::test]
+async fn second_peapod_on_a_live_socket_refuses_and_stale_socket_is_replaced() {
+    if !common::require_root() {
+        return;
+    }
+    let mut rig = Rig::start().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_peapod"))
+        .args(rig.peapod_args())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already serving"), "{err}");
+    // The first one still serves.
+    let mut rt = rig.runtime_client().await;
+    rt.version(VersionRequest::default()).await.unwrap();
+
+    // SIGKILL leaves the socket file behind; a new peapod replaces it.
+    rig.kill_peapod();
+    assert!(rig.peapod_socket.exists());
+    rig.start_peapod().await;
+    let mut rt = rig.runtime_client().await;
+    rt.version(VersionRequest::default()).await.unwrap();
+
+    // SIGTERM: clean exit, socket removed.
+    let st = rig.stop_peapod().unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(!rig.peapod_socket.exists());
+}
+
+#[tokio::test]
+async fn rpcs_not_built_yet_say_unimplemented_with_their_name() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let e = rt
+        .checkpoint_container(CheckpointContainerRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert!(
+        e.message().contains("CheckpointContainer"),
+        "{}",
+        e.message()
+    );
+}
