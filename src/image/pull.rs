@@ -255,6 +255,8 @@ struct Progress {
     bytes: AtomicU64,
     total: AtomicU64,
     last_ms: AtomicU64,
+    /// Set once every byte is in: unpacking is local work the timeout must not cut short.
+    downloaded: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
@@ -264,6 +266,7 @@ impl Progress {
             bytes: AtomicU64::new(0),
             total: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
+            downloaded: std::sync::atomic::AtomicBool::new(false),
         }
     }
     fn tick(&self, n: u64) {
@@ -344,7 +347,9 @@ impl PullJob {
         let mut last_log = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            if progress.idle() >= self.progress_timeout {
+            if progress.idle() >= self.progress_timeout
+                && !progress.downloaded.load(Ordering::Relaxed)
+            {
                 return Error::DeadlineExceeded(format!(
                     "pull of {} made no progress for {}s (received {} of {} bytes); \
                      the registry stalled or is unreachable (see image_pull_progress_timeout_secs)",
@@ -496,6 +501,7 @@ impl PullJob {
             .await?;
         }
 
+        progress.downloaded.store(true, Ordering::Relaxed);
         self.unpack(lease, &layers, &diff_ids).await?;
 
         let target = Descriptor {
