@@ -18,6 +18,9 @@ pub enum Error {
     DeadlineExceeded(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's credentials were refused (e.g. by a registry).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0} is not implemented by peapod")]
     Unimplemented(&'static str),
     #[error("{0}")]
@@ -78,6 +81,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
             Error::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
+            Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::Unimplemented(_) => Status::unimplemented(msg),
             Error::Internal(_) => Status::internal(msg),
             Error::Containerd { status, .. } => {

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::containerd::Containerd;
 use crate::cri;
 use crate::error::Result;
-use crate::image::ImageStore;
+use crate::image::{ImageStore, Inventory, Puller};
 use crate::network::Network;
 use crate::sandbox::Sandboxes;
 use crate::store::Names;
@@ -18,6 +18,7 @@ pub struct Runtime {
     pub config: Config,
     pub ctrd: Containerd,
     pub images: ImageStore,
+    pub puller: Puller,
     pub network: Network,
     /// Sandbox and container names share one table, as kubelet's names never collide across kinds.
     pub names: Names,
@@ -31,16 +32,28 @@ impl Runtime {
     pub fn new(config: Config) -> Result<Self> {
         let ctrd = Containerd::connect_lazy(&config.containerd_socket, &config.namespace)?;
         let images = ImageStore::new(ctrd.clone());
+        let puller = Puller::new(ctrd.clone(), &config);
         let network = Network::new(&config);
         Ok(Runtime {
             config,
             ctrd,
             images,
+            puller,
             network,
             names: Names::default(),
             sandboxes: Sandboxes::default(),
             recovered: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The image inventory view over containerd's image store.
+    pub fn inventory(&self) -> Inventory<'_> {
+        Inventory {
+            ctrd: &self.ctrd,
+            store: &self.images,
+            snapshotter: &self.config.snapshotter,
+            sandbox_image: &self.config.sandbox_image,
+        }
     }
 
     pub fn version(&self) -> cri::VersionResponse {

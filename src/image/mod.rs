@@ -1,7 +1,14 @@
-//! Images: reference normalisation and lookup of images held in containerd's image store.
-//! Pulling and the CRI image inventory build on this.
+//! Images: reference normalisation, lookup of images held in containerd's image store,
+//! pulling (registry → content store → snapshots) and the CRI image inventory.
 
+pub mod auth;
+pub mod content;
+pub mod hosts;
+pub mod inventory;
+pub mod pull;
 pub mod reference;
 pub mod store;
 
+pub use inventory::Inventory;
+pub use pull::Puller;
 pub use store::{ImageInfo, ImageStore};
