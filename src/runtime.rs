@@ -23,6 +23,9 @@ pub struct Runtime {
     /// Sandbox and container names share one table, as kubelet's names never collide across kinds.
     pub names: Names,
     pub sandboxes: Sandboxes,
+    pub containers: crate::container::Containers,
+    /// Container lifecycle events for GetContainerEvents subscribers.
+    pub events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
     /// Set once the index has been rebuilt from containerd; until then state-changing and
     /// listing RPCs answer Unavailable rather than act on an empty index.
     recovered: std::sync::atomic::AtomicBool,
@@ -42,6 +45,8 @@ impl Runtime {
             network,
             names: Names::default(),
             sandboxes: Sandboxes::default(),
+            containers: Default::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
             recovered: std::sync::atomic::AtomicBool::new(false),
         })
     }

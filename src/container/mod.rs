@@ -1,5 +1,8 @@
-//! Container-side plumbing that does not talk to containerd itself: the stdio FIFOs handed to
-//! the shim (`io`) and the CRI log writer that drains them (`logs`).
+//! Workload containers: the record and index (`record`), stdio FIFOs (`io`) and the CRI
+//! log writer (`logs`).
 
 pub mod io;
 pub mod logs;
+pub mod record;
+
+pub use record::{Container, ContainerMeta, ContainerState, Containers, Phase};

@@ -1,0 +1,267 @@
+//! What peapod knows of each workload container: the in-memory index served to
+//! List/Status, and the status containerd cannot keep, persisted per container.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cri;
+use crate::error::{Error, Result};
+use crate::store;
+
+/// containerd label value of `io.peapod.kind` for workload containers.
+pub const KIND_CONTAINER: &str = "container";
+/// containerd label holding the container's sandbox id (indexable with a filter).
+pub const LABEL_SANDBOX_ID: &str = "io.peapod.sandbox-id";
+/// containerd container extension holding the CRI ContainerConfig (protobuf).
+pub const EXT_CONTAINER_CONFIG: &str = "io.peapod.container.config";
+pub const TYPE_CONTAINER_CONFIG: &str = "type.peapod.io/runtime.v1.ContainerConfig";
+/// containerd container extension holding [`ContainerMeta`] (JSON).
+pub const EXT_CONTAINER_META: &str = "io.peapod.container.meta";
+pub const TYPE_CONTAINER_META: &str = "type.peapod.io/ContainerMeta";
+
+/// Fixed at create, stored in containerd with the container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerMeta {
+    pub sandbox_id: String,
+    /// The image as the request named it (kubelet shows it back).
+    pub image: String,
+    /// The resolved image: id (config digest) and a repo digest reference if known.
+    pub image_id: String,
+    pub image_ref: String,
+    /// Absolute log path (sandbox log_directory joined with the config's log_path); empty = none.
+    pub log_path: String,
+    pub created_at: i64,
+    /// The image's STOPSIGNAL, recorded at create (the CRI stop_signal wins when set).
+    pub image_stop_signal: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Phase {
+    #[default]
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+/// Status that changes, written atomically to `<state_dir>/containers/<id>.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerState {
+    pub phase: Phase,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    /// Completed, Error, OOMKilled, or a start failure reason.
+    pub reason: String,
+    pub message: String,
+    pub pid: u32,
+    /// The graceful stop signal has been sent; repeated stops do not send it again.
+    pub stop_signal_sent: bool,
+}
+
+pub struct Container {
+    pub id: String,
+    /// Reserved name `name_sandboxname_namespace_uid_attempt`.
+    pub name: String,
+    pub config: cri::ContainerConfig,
+    pub meta: ContainerMeta,
+    state_path: PathBuf,
+    state: Mutex<ContainerState>,
+    /// Serialises start/stop/remove of this container.
+    pub op: tokio::sync::Mutex<()>,
+    /// The log writer while the container's stdio is attached.
+    pub log: Mutex<Option<crate::container::logs::LogHandle>>,
+    /// Notified whenever the state changes (exit observers wait on it).
+    pub changed: tokio::sync::Notify,
+}
+
+impl Container {
+    pub fn new(
+        id: String,
+        name: String,
+        config: cri::ContainerConfig,
+        meta: ContainerMeta,
+        state_dir: &Path,
+        state: ContainerState,
+    ) -> Self {
+        Container {
+            state_path: state_file(state_dir, &id),
+            id,
+            name,
+            config,
+            meta,
+            state: Mutex::new(state),
+            op: tokio::sync::Mutex::new(()),
+            log: Mutex::new(None),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> ContainerState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes the state, persisting it before anyone can observe the change.
+    pub fn update(&self, f: impl FnOnce(&mut ContainerState)) -> Result<ContainerState> {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = g.clone();
+        f(&mut next);
+        store::write_json_atomic(&self.state_path, &next)?;
+        *g = next.clone();
+        drop(g);
+        self.changed.notify_waiters();
+        Ok(next)
+    }
+
+    pub fn state_path(&self) -> &Path {
+        &self.state_path
+    }
+
+    pub fn metadata(&self) -> cri::ContainerMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+
+    pub fn cri_state(&self) -> cri::ContainerState {
+        match self.state().phase {
+            Phase::Created => cri::ContainerState::ContainerCreated,
+            Phase::Running => cri::ContainerState::ContainerRunning,
+            Phase::Exited => cri::ContainerState::ContainerExited,
+            Phase::Unknown => cri::ContainerState::ContainerUnknown,
+        }
+    }
+
+    pub fn to_cri(&self) -> cri::Container {
+        cri::Container {
+            id: self.id.clone(),
+            pod_sandbox_id: self.meta.sandbox_id.clone(),
+            metadata: Some(self.metadata()),
+            image: Some(cri::ImageSpec {
+                image: self.meta.image.clone(),
+                ..Default::default()
+            }),
+            image_ref: self.meta.image_ref.clone(),
+            state: self.cri_state() as i32,
+            created_at: self.meta.created_at,
+            labels: self.config.labels.clone(),
+            annotations: self.config.annotations.clone(),
+            image_id: self.meta.image_id.clone(),
+        }
+    }
+
+    pub fn status(&self) -> cri::ContainerStatus {
+        let st = self.state();
+        cri::ContainerStatus {
+            id: self.id.clone(),
+            metadata: Some(self.metadata()),
+            state: self.cri_state() as i32,
+            created_at: self.meta.created_at,
+            started_at: st.started_at,
+            finished_at: st.finished_at,
+            exit_code: st.exit_code,
+            image: Some(cri::ImageSpec {
+                image: self.meta.image.clone(),
+                ..Default::default()
+            }),
+            image_ref: self.meta.image_ref.clone(),
+            reason: st.reason.clone(),
+            message: st.message.clone(),
+            labels: self.config.labels.clone(),
+            annotations: self.config.annotations.clone(),
+            mounts: self.config.mounts.clone(),
+            log_path: self.meta.log_path.clone(),
+            resources: self
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|r| cri::ContainerResources {
+                    linux: Some(r),
+                    windows: None,
+                }),
+            image_id: self.meta.image_id.clone(),
+            user: None,
+        }
+    }
+}
+
+pub fn state_file(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("containers").join(format!("{id}.json"))
+}
+
+/// The in-memory index of workload containers.
+#[derive(Default)]
+pub struct Containers {
+    map: RwLock<HashMap<String, Arc<Container>>>,
+}
+
+impl Containers {
+    pub fn insert(&self, c: Arc<Container>) {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(c.id.clone(), c);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// By full id or unique prefix.
+    pub fn get(&self, id_or_prefix: &str) -> Result<Arc<Container>> {
+        let m = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let id = store::resolve_prefix(m.keys(), id_or_prefix, "container")?;
+        m.get(&id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("container {id_or_prefix:?} not found")))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn in_sandbox(&self, sandbox_id: &str) -> Vec<Arc<Container>> {
+        self.all()
+            .into_iter()
+            .filter(|c| c.meta.sandbox_id == sandbox_id)
+            .collect()
+    }
+
+    pub fn list(&self, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
+        let mut out: Vec<cri::Container> = self
+            .all()
+            .iter()
+            .map(|c| c.to_cri())
+            .filter(|c| match filter {
+                None => true,
+                Some(f) => {
+                    (f.id.is_empty() || c.id.starts_with(&f.id))
+                        && (f.pod_sandbox_id.is_empty()
+                            || c.pod_sandbox_id.starts_with(&f.pod_sandbox_id))
+                        && f.state.as_ref().map(|s| s.state == c.state).unwrap_or(true)
+                        && store::labels_match(&c.labels, &f.label_selector)
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        out
+    }
+}
+
+/// kubelet's container name: `name_sandboxname_namespace_uid_attempt`.
+pub fn reserved_name(c: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) -> String {
+    format!(
+        "{}_{}_{}_{}_{}",
+        c.name, pod.name, pod.namespace, pod.uid, c.attempt
+    )
+}
