@@ -219,6 +219,21 @@ async fn lifecycle_times_and_exit_codes() {
     let st = wait_exited(&mut rt, &bad).await;
     assert_eq!(st.exit_code, 3);
     assert_eq!(st.reason, "Error");
+    // The logs reached EOF by themselves: no exit waited for the drain limit.
+    assert!(
+        !rig.peapod_log().contains("stdout still open"),
+        "{}",
+        rig.peapod_log()
+    );
+    // containerd no longer holds the exited tasks (the shim's resources are freed).
+    common::eventually(Duration::from_secs(5), || async {
+        rig.ctr_list(&["tasks", "ls", "-q"])
+            .len()
+            .eq(&1)
+            .then_some(())
+    })
+    .await
+    .expect("only the pause task remains");
 
     // List with filters, from the index.
     let all = rt

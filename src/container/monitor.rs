@@ -46,14 +46,12 @@ pub fn spawn(rt: Arc<Runtime>, c: Arc<Container>) {
 }
 
 /// Records a task's exit: OOM or not (read before the task and its cgroup are deleted),
-/// deletes the task so the shim frees its resources, lets the log writer finish, then marks
-/// the container EXITED and emits STOPPED. The state changes last, so whoever sees EXITED
-/// also sees the complete log.
+/// lets the log writer finish, marks the container EXITED (so whoever sees EXITED also sees
+/// the complete log), emits STOPPED, and only then deletes the task so the shim frees its
+/// resources: until the exit is persisted, containerd's stopped task is the only record of
+/// the real exit status, which recovery reads if peapod dies in between.
 pub async fn record_exit(rt: &Runtime, c: &Container, exit: task::Exit) {
     let oom = oom_killed(rt, c);
-    if let Err(e) = task::delete(&rt.ctrd, &c.id).await {
-        tracing::warn!(container = %c.id, error = %e, "delete exited task");
-    }
     finish_log(c).await;
     remove_fifos(rt, &c.id);
     let code = exit.code as i32;
@@ -81,6 +79,9 @@ pub async fn record_exit(rt: &Runtime, c: &Container, exit: task::Exit) {
     }
     tracing::info!(container = %c.id, code, reason, "container exited");
     emit(rt, c, cri::ContainerEventType::ContainerStoppedEvent);
+    if let Err(e) = task::delete(&rt.ctrd, &c.id).await {
+        tracing::warn!(container = %c.id, error = %e, "delete exited task");
+    }
 }
 
 /// Waits (bounded) for the log writer to drain, then cuts it off.
@@ -91,6 +92,7 @@ pub async fn finish_log(c: &Container) {
             .await
             .is_err()
         {
+            tracing::debug!(container = %c.id, "stdout still open after the exit; closing the log");
             log.force_close();
             let _ = tokio::time::timeout(LOG_DRAIN_LIMIT, log.closed()).await;
         }
