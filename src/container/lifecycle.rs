@@ -187,7 +187,7 @@ async fn create_in(
     made.snapshot = true;
 
     // The user database of the image, from the container's own (still empty) snapshot.
-    let tmp = rt.config.state_dir.join("rootfs-views");
+    let tmp = rootfs_views_dir(rt);
     let view_id = id.to_string();
     let users =
         tokio::task::spawn_blocking(move || super::rootfs::read_user_db(&mounts, &tmp, &view_id))
@@ -274,6 +274,11 @@ async fn create_in(
     rt.containers.insert(ctr.clone());
     tracing::info!(container = %id, name, sandbox = %sb.id, "container created");
     Ok(ctr)
+}
+
+/// Where image rootfs views are mounted while CreateContainer reads the image's users.
+pub(super) fn rootfs_views_dir(rt: &Runtime) -> PathBuf {
+    rt.config.state_dir.join("rootfs-views")
 }
 
 /// The image reference kubelet shows: a repo digest when the image was pulled by name,
@@ -601,7 +606,13 @@ pub async fn reopen_log(rt: &Runtime, id: &str) -> Result<()> {
 /// runs is killed at once.
 pub async fn stop_pod_containers(rt: &Runtime, sandbox_id: &str) -> Result<()> {
     let all = rt.containers.in_sandbox(sandbox_id);
-    let results = futures::future::join_all(all.iter().map(|c| kill(rt, c))).await;
+    let results = futures::future::join_all(all.iter().map(|c| async move {
+        // Taking the op lock lets a StartContainer already under way finish first, so its
+        // container is killed too rather than left running in a stopped pod.
+        let _g = c.op.lock().await;
+        kill(rt, c).await
+    }))
+    .await;
     results.into_iter().collect()
 }
 

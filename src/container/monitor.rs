@@ -176,6 +176,50 @@ fn systemd_cgroup_dir(path: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::{ContainerMeta, ContainerState};
+
+    #[tokio::test]
+    async fn events_carry_the_container_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            state_dir: dir.path().to_path_buf(),
+            containerd_socket: dir.path().join("absent.sock"),
+            ..Default::default()
+        };
+        let rt = Runtime::new(config).unwrap();
+        let mut rx = rt.events.subscribe();
+        let c = Container::new(
+            "ab".repeat(32),
+            "n".into(),
+            cri::ContainerConfig::default(),
+            ContainerMeta {
+                sandbox_id: "cd".repeat(32),
+                ..Default::default()
+            },
+            dir.path(),
+            ContainerState {
+                phase: Phase::Exited,
+                exit_code: 3,
+                ..Default::default()
+            },
+        );
+        emit(&rt, &c, cri::ContainerEventType::ContainerStoppedEvent);
+        let ev = rx.try_recv().unwrap();
+        assert_eq!(ev.container_id, c.id);
+        assert_eq!(
+            ev.container_event_type,
+            cri::ContainerEventType::ContainerStoppedEvent as i32
+        );
+        assert!(ev.created_at > 0);
+        // The sandbox is unknown here: no sandbox status, but the container's own.
+        assert!(ev.pod_sandbox_status.is_none());
+        assert_eq!(ev.containers_statuses.len(), 1);
+        assert_eq!(ev.containers_statuses[0].exit_code, 3);
+        assert_eq!(
+            ev.containers_statuses[0].state,
+            cri::ContainerState::ContainerExited as i32
+        );
+    }
 
     #[test]
     fn oom_kill_counter_is_read_from_v1_and_v2_files() {

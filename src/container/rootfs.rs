@@ -46,6 +46,25 @@ pub fn read_user_db(mounts: &[Mount], tmp_root: &Path, id: &str) -> Result<UserD
     db
 }
 
+/// Unmounts and removes whatever a crashed peapod left under `tmp_root`.
+pub fn clean_views(tmp_root: &Path) {
+    let Ok(rd) = std::fs::read_dir(tmp_root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        // Stacked mounts come off one per call; EINVAL means nothing is mounted any more.
+        for _ in 0..8 {
+            if umount2(&p, MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+        if let Err(err) = std::fs::remove_dir(&p) {
+            tracing::warn!(dir = %p.display(), error = %err, "remove leftover rootfs view");
+        }
+    }
+}
+
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
     let (mut flags, data) = parse_options(&m.options);
     let bind = m.r#type == "bind" || flags.contains(MsFlags::MS_BIND);
