@@ -578,6 +578,19 @@ async fn logs_are_exact_and_follow_reopen() {
         assert!(re.is_match(l), "{l:?}");
     }
 
+    // A TTY merges stderr into stdout and ends lines with \r\n.
+    let mut c = config("tty", "echo out; echo err >&2");
+    c.tty = true;
+    let tty = run(&mut rt, &p, c).await;
+    wait_exited(&mut rt, &tty).await;
+    // (`lines()` drops the \r before \n; the raw file keeps it.)
+    assert_eq!(
+        log_lines(&p.log_dir.join("tty.log")),
+        vec!["stdout F out", "stdout F err"]
+    );
+    let raw = std::fs::read_to_string(p.log_dir.join("tty.log")).unwrap();
+    assert!(raw.contains(" stdout F out\r\n"), "{raw:?}");
+
     let ticker = run(
         &mut rt,
         &p,

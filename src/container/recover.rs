@@ -60,7 +60,11 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
             &rt.config.state_dir,
             state,
         ));
-        reconcile(rt, &c).await?;
+        // One container containerd cannot settle must not keep peapod from serving the rest
+        // (containerd being down fails the listing above, and recovery retries).
+        if let Err(e) = reconcile(rt, &c).await {
+            tracing::warn!(container = %id, error = %e, "cannot reconcile container with its task");
+        }
         if !name.is_empty() {
             rt.names.restore(&name, &id);
         }
@@ -124,7 +128,6 @@ async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
         task::State::Stopped(exit) => {
             // Exited while peapod was down: containerd kept the task, with the real status.
             if phase == Phase::Running || phase == Phase::Created {
-                c.update(|s| s.phase = Phase::Running)?;
                 monitor::record_exit(rt, c, exit).await;
             } else {
                 task::delete(&rt.ctrd, &c.id).await?;
