@@ -70,9 +70,18 @@ async fn run(config: Config) -> peapod::error::Result<()> {
             rt.ctrd.socket().display()
         );
     }
-    // Recovery waits for containerd; serving starts at once so Status can say why not ready.
+    // The socket is bound (so a second peapod has already been turned away) but not served
+    // yet: clients queue until recovery is done, so the first RPCs see the whole index.
+    // If containerd is down, recovery goes on in the background and serving starts anyway,
+    // so Status can say why the runtime is not ready.
     let rec = rt.clone();
-    tokio::spawn(async move { rec.recover().await });
+    let mut recovery = tokio::spawn(async move { rec.recover().await });
+    if tokio::time::timeout(std::time::Duration::from_secs(10), &mut recovery)
+        .await
+        .is_err()
+    {
+        tracing::warn!("recovery is waiting for containerd; serving meanwhile");
+    }
     tracing::info!(socket = %listen.display(), namespace = %rt.ctrd.namespace(), "peapod serving CRI v1");
     // Graceful shutdown waits for open connections, and kubelet never closes its own:
     // in-flight RPCs get a few seconds after the signal, then peapod exits regardless.
