@@ -1,8 +1,11 @@
-//! Workload containers: the record and index (`record`), stdio FIFOs (`io`) and the CRI
-//! log writer (`logs`).
+//! Workload containers: the record and index (`record`), stdio FIFOs (`io`), the CRI
+//! log writer (`logs`), ExecSync (`exec`), resource updates (`update`), stats (`stats`, over
+//! `cgroup`) and the event stream (`events`).
 
+pub mod exec;
 pub mod io;
 pub mod logs;
 pub mod record;
+pub mod stored_spec;
 
 pub use record::{Container, ContainerMeta, ContainerState, Containers, Phase};
