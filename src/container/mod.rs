@@ -7,5 +7,6 @@ pub mod io;
 pub mod logs;
 pub mod record;
 pub mod stored_spec;
+pub mod update;
 
 pub use record::{Container, ContainerMeta, ContainerState, Containers, Phase};
