@@ -2,10 +2,12 @@
 //! log writer (`logs`), ExecSync (`exec`), resource updates (`update`), stats (`stats`, over
 //! `cgroup`) and the event stream (`events`).
 
+pub mod cgroup;
 pub mod exec;
 pub mod io;
 pub mod logs;
 pub mod record;
+pub mod stats;
 pub mod stored_spec;
 pub mod update;
 
