@@ -3,6 +3,7 @@
 //! `cgroup`) and the event stream (`events`).
 
 pub mod cgroup;
+pub mod events;
 pub mod exec;
 pub mod io;
 pub mod logs;
