@@ -37,6 +37,9 @@ pub fn nano_cores(prev: Option<CpuPoint>, now: CpuPoint) -> Option<u64> {
     u64::try_from(u128::from(du) * 1_000_000_000 / dt as u128).ok()
 }
 
+/// The shortest interval a CPU rate is measured over.
+const MIN_RATE_INTERVAL_NS: i64 = 1_000_000_000;
+
 /// State kept between stats calls.
 #[derive(Default)]
 pub struct StatsCache {
@@ -52,11 +55,14 @@ impl StatsCache {
     fn cpu(&self, key: &str, usage_ns: Option<u64>, at_ns: i64) -> Option<cri::CpuUsage> {
         let usage_ns = usage_ns?;
         let now = CpuPoint { at_ns, usage_ns };
-        let prev = self
-            .cpu
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string(), now);
+        let mut table = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
+        let prev = table.get(key).copied();
+        // Readings close together (kubelet's container and pod stats paths asking in the
+        // same second) would give a noisy rate; keep measuring from the older reading.
+        if prev.is_none_or(|p| at_ns.saturating_sub(p.at_ns) >= MIN_RATE_INTERVAL_NS) {
+            table.insert(key.to_string(), now);
+        }
+        drop(table);
         Some(cri::CpuUsage {
             timestamp: at_ns,
             usage_core_nano_seconds: Some(u64v(usage_ns)),
@@ -449,11 +455,16 @@ mod tests {
         let first = cache.cpu("a", Some(1_000), 1_000_000_000).unwrap();
         assert_eq!(first.usage_core_nano_seconds, Some(u64v(1_000)));
         assert_eq!(first.usage_nano_cores, None);
-        let second = cache.cpu("a", Some(250_001_000), 1_500_000_000).unwrap();
+        let second = cache.cpu("a", Some(500_001_000), 2_000_000_000).unwrap();
         assert_eq!(second.usage_nano_cores, Some(u64v(500_000_000)));
+        // Readings within a second of the base are measured from it and do not replace it.
+        let soon = cache.cpu("a", Some(550_001_000), 2_100_000_000).unwrap();
+        assert_eq!(soon.usage_nano_cores, Some(u64v(500_000_000)));
+        let later = cache.cpu("a", Some(1_500_001_000), 3_000_000_000).unwrap();
+        assert_eq!(later.usage_nano_cores, Some(u64v(1_000_000_000)));
         assert!(cache.cpu("b", None, 1).is_none());
         cache.forget_except(&["b".to_string()].into_iter().collect());
-        let again = cache.cpu("a", Some(300_000_000), 2_000_000_000).unwrap();
+        let again = cache.cpu("a", Some(900_000_000), 4_000_000_000).unwrap();
         assert_eq!(again.usage_nano_cores, None, "forgotten, so no rate");
     }
 
