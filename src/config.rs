@@ -79,7 +79,7 @@ impl Default for Config {
 
 /// Command-line flags. Each flag overrides the same-named setting of the config file.
 #[derive(Debug, Parser, Default)]
-#[command(name = "peapod", version, about = "Kubernetes CRI v1 runtime on containerd's native API", long_about = None)]
+#[command(name = "peapod", version, about = "Kubernetes CRI v1 runtime on containerd's native API", long_about = None, args_override_self = true)]
 pub struct Cli {
     /// TOML config file; settings missing from it keep their defaults. [default: /etc/peapod/config.toml, read only if present]
     #[arg(long, env = "PEAPOD_CONFIG")]

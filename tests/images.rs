@@ -496,3 +496,47 @@ async fn stalled_registries_fail_after_the_progress_timeout() {
     let name = format!("{}/x/stall:1", reg.addr);
     assert_eq!(pull(&mut c, &name, None).await.unwrap(), img.config_digest);
 }
+
+#[tokio::test]
+async fn absent_sandbox_image_is_pulled_by_run_pod_sandbox() {
+    if !common::require_root() {
+        return;
+    }
+    let reg = Registry::start(None);
+    let mut rig = Rig::containerd_only();
+    let pause = oci::build(
+        rig.dir.path(),
+        &oci::ImageSpec {
+            name: "peapod-test/pause:auto".into(),
+            entrypoint: vec!["/bin/sleep".into(), "3600".into()],
+            ..Default::default()
+        },
+    );
+    reg.push_image("peapod/pause", "auto", &pause, false).await;
+    let sandbox_image = format!("{}/peapod/pause:auto", reg.addr);
+    rig.extra_peapod_args = vec!["--sandbox-image".into(), sandbox_image.clone()];
+    rig.start_peapod().await;
+    let mut images = rig.image_client().await;
+    assert!(status(&mut images, &sandbox_image).await.is_none());
+    let mut rt = rig.runtime_client().await;
+    let id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(rig.pod_config("autopull")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox pulls the absent sandbox image")
+        .into_inner()
+        .pod_sandbox_id;
+    let s = status(&mut images, &sandbox_image)
+        .await
+        .expect("sandbox image pulled");
+    assert_eq!(s.id, pause.config_digest);
+    assert!(
+        s.pinned,
+        "the sandbox image is pinned against kubelet's image GC"
+    );
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+}

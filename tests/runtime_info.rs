@@ -111,6 +111,15 @@ async fn runtime_not_ready_while_containerd_is_down_then_recovers() {
     }
     let mut rig = Rig::start().await;
     let mut rt = rig.runtime_client().await;
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(rig.pod_config("survivor")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
     rig.stop_containerd();
     let s = rt
         .status(StatusRequest::default())
@@ -138,6 +147,49 @@ async fn runtime_not_ready_while_containerd_is_down_then_recovers() {
     })
     .await;
     assert!(ready.is_some(), "peapod did not see containerd come back");
+    // The pod kept running through containerd's restart, and is still managed.
+    let st = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn warns_when_containerd_builtin_cri_plugin_is_enabled() {
+    if !common::require_root() {
+        return;
+    }
+    let mut rig = Rig::containerd_only_with(true);
+    rig.import_test_images();
+    rig.start_peapod().await;
+    let mut rt = rig.runtime_client().await;
+    rt.version(VersionRequest::default()).await.unwrap();
+    let warned = common::eventually(Duration::from_secs(10), || {
+        let log = rig.peapod_log();
+        async move { log.contains("built-in CRI plugin is enabled").then_some(()) }
+    })
+    .await;
+    assert!(warned.is_some(), "no warning in:\n{}", rig.peapod_log());
+
+    // With the plugin disabled (the normal rig), no such warning.
+    let quiet = Rig::start().await;
+    let mut rt = quiet.runtime_client().await;
+    rt.version(VersionRequest::default()).await.unwrap();
+    assert!(!quiet
+        .peapod_log()
+        .contains("built-in CRI plugin is enabled"));
 }
 
 #[tokio::test]

@@ -194,17 +194,7 @@ async fn create(
     made: &mut Made,
 ) -> Result<()> {
     let c = &rt.ctrd;
-    let image = rt
-        .images
-        .find(&rt.config.sandbox_image)
-        .await?
-        .ok_or_else(|| {
-            Error::not_found(format!(
-                "sandbox image {} is not present in containerd namespace {}; pull or import it",
-                rt.config.sandbox_image,
-                c.namespace()
-            ))
-        })?;
+    let image = sandbox_image(rt).await?;
     let ns = spec::namespace_options(&config);
     let host_net = ns.network == cri::NamespaceMode::Node as i32;
     let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
@@ -357,6 +347,28 @@ async fn create(
     watch_pause(rt.clone(), sb);
     tracing::info!(sandbox = %id, pod = %name, pid, "pod sandbox ready");
     Ok(())
+}
+
+/// The configured sandbox image, pulled first if absent, as containerd's CRI plugin does.
+async fn sandbox_image(rt: &Arc<Runtime>) -> Result<crate::image::ImageInfo> {
+    let name = &rt.config.sandbox_image;
+    if let Some(i) = rt.images.find(name).await? {
+        return Ok(i);
+    }
+    tracing::info!(image = %name, "sandbox image absent; pulling it");
+    if let Err(e) = rt.puller.pull(name, None).await {
+        let status: tonic::Status = e.into();
+        return Err(Error::NotFound(format!(
+            "sandbox image {name} is not present in containerd namespace {} and pulling it failed: {}; \
+             pull or import it",
+            rt.ctrd.namespace(),
+            status.message()
+        )));
+    }
+    rt.images
+        .find(name)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("sandbox image {name} vanished after its pull")))
 }
 
 /// Undoes a failed RunPodSandbox, logging (not returning) failures so every step is tried.

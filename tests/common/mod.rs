@@ -36,6 +36,8 @@ pub struct Rig {
     /// cgroup parent under which the tests' pods go, so teardown finds them.
     pub cgroup_parent: String,
     pub extra_peapod_args: Vec<String>,
+    /// Leave containerd's own CRI plugin enabled (to test that peapod warns about it).
+    pub builtin_cri: bool,
     containerd: Option<Child>,
     peapod: Option<Child>,
 }
@@ -69,6 +71,10 @@ impl Rig {
 
     /// containerd and the CNI config only; peapod is started by the test.
     pub fn containerd_only() -> Rig {
+        Self::containerd_only_with(false)
+    }
+
+    pub fn containerd_only_with(builtin_cri: bool) -> Rig {
         let dir = tempfile::Builder::new()
             .prefix("peapod-e2e-")
             .tempdir_in("/var/tmp")
@@ -90,6 +96,7 @@ impl Rig {
             bridge,
             subnet_prefix,
             extra_peapod_args: Vec::new(),
+            builtin_cri,
             containerd: None,
             peapod: None,
             dir,
@@ -140,7 +147,7 @@ impl Rig {
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [{disabled}]
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -149,6 +156,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             root = d.join("containerd-root").display(),
             state = d.join("containerd-state").display(),
             sock = self.containerd_socket.display(),
+            disabled = if self.builtin_cri {
+                ""
+            } else {
+                "\"io.containerd.grpc.v1.cri\""
+            },
         );
         let cfg_path = d.join("containerd.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
