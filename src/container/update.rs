@@ -13,7 +13,6 @@ use crate::cri;
 use crate::error::{ctrd, Error, Result};
 use crate::runtime::Runtime;
 use crate::spec::resources::linux_resources;
-use crate::spec::CgroupHost;
 
 /// Sections of OCI `LinuxResources` that are merged field by field: a field the request
 /// leaves at zero ("not set" in CRI) keeps its current value.
@@ -40,7 +39,7 @@ pub async fn update_resources(
         return Ok(());
     };
     validate(&linux)?;
-    let requested = linux_resources(Some(&linux), CgroupHost::detect(), Vec::new())?;
+    let requested = linux_resources(Some(&linux), rt.host.cgroup, Vec::new())?;
     let requested = serde_json::to_value(&requested)
         .map_err(|e| Error::internal(format!("encode resources: {e}")))?;
 
@@ -165,6 +164,7 @@ pub fn merge_resources(current: &Value, requested: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::CgroupHost;
     use serde_json::json;
 
     #[test]
