@@ -109,12 +109,14 @@ impl Runtime {
             runtime_handlers: vec![cri::RuntimeHandler {
                 name: String::new(),
                 features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    // Honest: true only when the kernel and runc can both do it.
+                    recursive_read_only_mounts: crate::spec::features::recursive_read_only_mounts(),
                     user_namespaces: false,
                 }),
             }],
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                // Strict and Merge are both honoured (spec::user::resolve_user).
+                supplemental_groups_policy: true,
             }),
         }
     }
