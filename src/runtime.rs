@@ -24,6 +24,8 @@ pub struct Runtime {
     pub names: Names,
     pub sandboxes: Sandboxes,
     pub containers: crate::container::Containers,
+    /// Node facts the container spec depends on, detected once at start-up.
+    pub host: crate::spec::HostInfo,
     /// Container lifecycle events for GetContainerEvents subscribers.
     pub events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
     /// Set once the index has been rebuilt from containerd; until then state-changing and
@@ -37,6 +39,12 @@ impl Runtime {
         let images = ImageStore::new(ctrd.clone());
         let puller = Puller::new(ctrd.clone(), &config);
         let network = Network::new(&config);
+        let driver = if config.cgroup_driver == "systemd" {
+            cri::CgroupDriver::Systemd
+        } else {
+            cri::CgroupDriver::Cgroupfs
+        };
+        let host = crate::spec::HostInfo::detect(driver);
         Ok(Runtime {
             config,
             ctrd,
@@ -46,6 +54,7 @@ impl Runtime {
             names: Names::default(),
             sandboxes: Sandboxes::default(),
             containers: Default::default(),
+            host,
             events: tokio::sync::broadcast::channel(1024).0,
             recovered: std::sync::atomic::AtomicBool::new(false),
         })
@@ -150,7 +159,12 @@ impl Runtime {
     pub async fn recover(self: &Arc<Self>) {
         let mut delay = std::time::Duration::from_millis(200);
         loop {
-            match crate::sandbox::lifecycle::recover(self).await {
+            // Containers after sandboxes: their events carry their sandbox's status.
+            let done = async {
+                crate::sandbox::lifecycle::recover(self).await?;
+                crate::container::lifecycle::recover(self).await
+            };
+            match done.await {
                 Ok(()) => {
                     self.recovered
                         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -182,12 +196,18 @@ impl Runtime {
     }
 
     /// Kills every container of the pod (no grace: kubelet has already stopped them).
-    pub async fn stop_pod_containers(&self, _sandbox_id: &str) -> Result<()> {
-        Ok(())
+    pub async fn stop_pod_containers(&self, sandbox_id: &str) -> Result<()> {
+        crate::container::lifecycle::stop_pod_containers(self, sandbox_id).await
     }
 
     /// Removes every container of the pod.
-    pub async fn remove_pod_containers(&self, _sandbox_id: &str) -> Result<()> {
-        Ok(())
+    pub async fn remove_pod_containers(&self, sandbox_id: &str) -> Result<()> {
+        crate::container::lifecycle::remove_pod_containers(self, sandbox_id).await
+    }
+
+    /// Where the stdio FIFOs of containers live (under the state dir, so a test rig's
+    /// peapod keeps its own).
+    pub fn fifo_dir(&self) -> PathBuf {
+        self.config.state_dir.join("fifo")
     }
 }

@@ -72,8 +72,9 @@ pub struct Container {
     state: Mutex<ContainerState>,
     /// Serialises start/stop/remove of this container.
     pub op: tokio::sync::Mutex<()>,
-    /// The log writer while the container's stdio is attached.
-    pub log: Mutex<Option<crate::container::logs::LogHandle>>,
+    /// The log writer while the container's stdio is attached (shared so ReopenContainerLog
+    /// can use it without holding the lock across an await).
+    pub log: Mutex<Option<Arc<crate::container::logs::LogHandle>>>,
     /// Notified whenever the state changes (exit observers wait on it).
     pub changed: tokio::sync::Notify,
 }

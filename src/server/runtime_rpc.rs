@@ -4,8 +4,8 @@ use tonic::{Request, Response, Status};
 
 use crate::cri::*;
 use crate::error::Error;
-use crate::sandbox;
 use crate::server::Peapod;
+use crate::{container, sandbox};
 
 /// An id field the RPC cannot do without.
 fn require_id(id: &str, field: &str) -> Result<(), Error> {
@@ -83,44 +83,75 @@ impl runtime_service_server::RuntimeService for Peapod {
 
     async fn create_container(
         &self,
-        _req: Request<CreateContainerRequest>,
+        req: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        Err(Error::Unimplemented("CreateContainer").into())
+        let req = req.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Error::invalid("CreateContainer: config is required"))?;
+        self.rt.require_recovered()?;
+        // The sandbox config is taken from peapod's own record of the sandbox, not from the
+        // request, so a container always matches the sandbox it joins.
+        let id = container::lifecycle::create(self.rt.clone(), req.pod_sandbox_id, config).await?;
+        Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
 
     async fn start_container(
         &self,
-        _req: Request<StartContainerRequest>,
+        req: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        Err(Error::Unimplemented("StartContainer").into())
+        let id = req.into_inner().container_id;
+        require_id(&id, "container_id")?;
+        self.rt.require_recovered()?;
+        container::lifecycle::start(self.rt.clone(), &id).await?;
+        Ok(Response::new(StartContainerResponse {}))
     }
 
     async fn stop_container(
         &self,
-        _req: Request<StopContainerRequest>,
+        req: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        Err(Error::Unimplemented("StopContainer").into())
+        let req = req.into_inner();
+        require_id(&req.container_id, "container_id")?;
+        self.rt.require_recovered()?;
+        container::lifecycle::stop(&self.rt, &req.container_id, req.timeout).await?;
+        Ok(Response::new(StopContainerResponse {}))
     }
 
     async fn remove_container(
         &self,
-        _req: Request<RemoveContainerRequest>,
+        req: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        Err(Error::Unimplemented("RemoveContainer").into())
+        let id = req.into_inner().container_id;
+        require_id(&id, "container_id")?;
+        self.rt.require_recovered()?;
+        container::lifecycle::remove(&self.rt, &id).await?;
+        Ok(Response::new(RemoveContainerResponse {}))
     }
 
     async fn list_containers(
         &self,
-        _req: Request<ListContainersRequest>,
+        req: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        Err(Error::Unimplemented("ListContainers").into())
+        let filter = req.into_inner().filter;
+        self.rt.require_recovered()?;
+        Ok(Response::new(ListContainersResponse {
+            containers: self.rt.containers.list(filter.as_ref()),
+        }))
     }
 
     async fn container_status(
         &self,
-        _req: Request<ContainerStatusRequest>,
+        req: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
-        Err(Error::Unimplemented("ContainerStatus").into())
+        let req = req.into_inner();
+        require_id(&req.container_id, "container_id")?;
+        self.rt.require_recovered()?;
+        let c = self.rt.containers.get(&req.container_id)?;
+        Ok(Response::new(ContainerStatusResponse {
+            status: Some(c.status()),
+            info: Default::default(),
+        }))
     }
 
     async fn update_container_resources(
@@ -132,9 +163,13 @@ impl runtime_service_server::RuntimeService for Peapod {
 
     async fn reopen_container_log(
         &self,
-        _req: Request<ReopenContainerLogRequest>,
+        req: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        Err(Error::Unimplemented("ReopenContainerLog").into())
+        let id = req.into_inner().container_id;
+        require_id(&id, "container_id")?;
+        self.rt.require_recovered()?;
+        container::lifecycle::reopen_log(&self.rt, &id).await?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(

@@ -1,0 +1,702 @@
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer and ReopenContainerLog,
+//! and the pod-level hooks StopPodSandbox / RemovePodSandbox call.
+//!
+//! Concurrency: `Container::op` serialises start, the signalling part of stop, and remove of
+//! one container. Waiting for an exit never holds it: the exit monitor (`monitor`) is the one
+//! writer of the EXITED state, and stops wait on the record's `changed` notification, so
+//! concurrent or repeated stops each wait for the same exit.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_client::services::v1::container::Runtime as CtrRuntime;
+use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest};
+use containerd_client::services::v1::{
+    Container as CtrContainer, CreateContainerRequest, CreateRequest as LeaseCreate,
+};
+use prost::Message;
+
+use super::monitor::{self, emit};
+use super::record::{
+    reserved_name, EXT_CONTAINER_CONFIG, EXT_CONTAINER_META, KIND_CONTAINER, LABEL_SANDBOX_ID,
+    TYPE_CONTAINER_CONFIG, TYPE_CONTAINER_META,
+};
+use super::{io::ContainerIo, logs, Container, ContainerMeta, ContainerState, Phase};
+use crate::cri;
+use crate::error::{ctrd, Error, Result};
+use crate::runtime::Runtime;
+use crate::sandbox::lifecycle::{lease_id, SPEC_TYPE_URL};
+use crate::sandbox::{Sandbox, LABEL_KIND};
+use crate::spec::{self, SandboxInfo};
+use crate::{id, task};
+
+pub use super::recover::recover;
+
+/// containerd label with the reserved name, so recovery restores it without the sandbox.
+pub const LABEL_NAME: &str = "io.peapod.name";
+/// How long a SIGKILLed container may take to be reported exited before the call fails.
+const KILL_LIMIT: Duration = Duration::from_secs(30);
+
+/// Checks what the request must carry before anything is reserved or made.
+pub fn validate(config: &cri::ContainerConfig) -> Result<()> {
+    let name = config.metadata.as_ref().map(|m| m.name.as_str());
+    if name.unwrap_or_default().is_empty() {
+        return Err(Error::invalid(
+            "container config: metadata.name must not be empty",
+        ));
+    }
+    let image = config.image.as_ref().map(|i| i.image.as_str());
+    if image.unwrap_or_default().is_empty() {
+        return Err(Error::invalid(
+            "container config: image.image must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+/// The sandbox a container is created in: known and READY.
+fn ready_sandbox(rt: &Runtime, sandbox_id: &str) -> Result<Arc<Sandbox>> {
+    let sb = rt.sandboxes.get(sandbox_id)?;
+    if !sb.is_ready() {
+        return Err(Error::FailedPrecondition(format!(
+            "pod sandbox {} is not ready",
+            sb.id
+        )));
+    }
+    Ok(sb)
+}
+
+/// What a CreateContainer has made so far, undone if a later step fails.
+#[derive(Default)]
+struct Made {
+    lease: bool,
+    snapshot: bool,
+    container: bool,
+    state_file: Option<PathBuf>,
+}
+
+pub async fn create(
+    rt: Arc<Runtime>,
+    sandbox_id: String,
+    config: cri::ContainerConfig,
+) -> Result<String> {
+    validate(&config)?;
+    if sandbox_id.is_empty() {
+        return Err(Error::invalid("pod_sandbox_id must not be empty"));
+    }
+    let sb = ready_sandbox(&rt, &sandbox_id)?;
+    let name = reserved_name(&config.metadata.clone().unwrap_or_default(), &sb.metadata());
+    let id = id::generate();
+    let reservation = rt.names.reserve(&name, &id, "container")?;
+    // Creation runs as its own task holding the reservation: a request cancelled by
+    // kubelet's timeout neither stops it halfway nor frees the name while it runs.
+    let h = tokio::spawn(async move {
+        let mut made = Made::default();
+        match create_in(&rt, &sb, &id, &name, config, &mut made).await {
+            Ok(c) => {
+                reservation.keep();
+                emit(&rt, &c, cri::ContainerEventType::ContainerCreatedEvent);
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "CreateContainer failed; undoing");
+                undo(&rt, &id, made).await;
+                Err(e)
+            }
+        }
+    });
+    h.await
+        .map_err(|e| Error::internal(format!("CreateContainer task failed: {e}")))?
+}
+
+async fn create_in(
+    rt: &Arc<Runtime>,
+    sb: &Sandbox,
+    id: &str,
+    name: &str,
+    config: cri::ContainerConfig,
+    made: &mut Made,
+) -> Result<Arc<Container>> {
+    let c = &rt.ctrd;
+    let image_name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .unwrap_or_default();
+    let image = rt.images.find(&image_name).await?.ok_or_else(|| {
+        Error::not_found(format!(
+            "image {image_name:?} is not present; pull it first"
+        ))
+    })?;
+    let image_stop_signal = image
+        .config
+        .config()
+        .as_ref()
+        .and_then(|c| c.stop_signal().clone())
+        .unwrap_or_default();
+    if !image_stop_signal.is_empty() {
+        parse_signal(&image_stop_signal)
+            .map_err(|e| Error::invalid(format!("image {image_name}: STOPSIGNAL: {e}")))?;
+    }
+    let log_path = if sb.config.log_directory.is_empty() || config.log_path.is_empty() {
+        String::new()
+    } else {
+        PathBuf::from(&sb.config.log_directory)
+            .join(&config.log_path)
+            .display()
+            .to_string()
+    };
+    let meta = ContainerMeta {
+        sandbox_id: sb.id.clone(),
+        image: image_name.clone(),
+        image_id: image.id.clone(),
+        image_ref: image_ref(&image.name, &image.manifest_digest, &image.id),
+        log_path,
+        created_at: task::now_ns(),
+        image_stop_signal,
+    };
+
+    c.leases()
+        .create(c.req(LeaseCreate {
+            id: lease_id(id),
+            labels: HashMap::new(),
+        }))
+        .await
+        .map_err(ctrd(format!("create lease for container {id}")))?;
+    made.lease = true;
+    let mounts = c
+        .snapshots()
+        .prepare(c.req_leased(
+            PrepareSnapshotRequest {
+                snapshotter: rt.config.snapshotter.clone(),
+                key: id.to_string(),
+                parent: image.chain_id.clone(),
+                labels: HashMap::new(),
+            },
+            &lease_id(id),
+        ))
+        .await
+        .map_err(ctrd(format!(
+            "prepare snapshot for container {id} from {}",
+            image.chain_id
+        )))?
+        .into_inner()
+        .mounts;
+    made.snapshot = true;
+
+    // The user database of the image, from the container's own (still empty) snapshot.
+    let tmp = rootfs_views_dir(rt);
+    let view_id = id.to_string();
+    let users =
+        tokio::task::spawn_blocking(move || super::rootfs::read_user_db(&mounts, &tmp, &view_id))
+            .await
+            .map_err(|e| Error::internal(format!("reading the image's users: {e}")))??;
+
+    let target_pid = target_pid(rt, &config)?;
+    let sandbox = sandbox_info(sb);
+    let spec = spec::container_spec(&spec::ContainerSpecInput {
+        id,
+        config: &config,
+        sandbox_config: &sb.config,
+        image: &image.config,
+        users: &users,
+        sandbox: &sandbox,
+        target_pid,
+        host: &rt.host,
+    })?;
+    let spec_bytes =
+        serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encode spec: {e}")))?;
+    let meta_bytes =
+        serde_json::to_vec(&meta).map_err(|e| Error::internal(format!("encode meta: {e}")))?;
+
+    let labels = HashMap::from([
+        (LABEL_KIND.to_string(), KIND_CONTAINER.to_string()),
+        (LABEL_SANDBOX_ID.to_string(), sb.id.clone()),
+        (LABEL_NAME.to_string(), name.to_string()),
+    ]);
+    let extensions = HashMap::from([
+        (
+            EXT_CONTAINER_CONFIG.to_string(),
+            prost_types::Any {
+                type_url: TYPE_CONTAINER_CONFIG.to_string(),
+                value: config.encode_to_vec(),
+            },
+        ),
+        (
+            EXT_CONTAINER_META.to_string(),
+            prost_types::Any {
+                type_url: TYPE_CONTAINER_META.to_string(),
+                value: meta_bytes,
+            },
+        ),
+    ]);
+    c.containers()
+        .create(c.req_leased(
+            CreateContainerRequest {
+                container: Some(CtrContainer {
+                    id: id.to_string(),
+                    labels,
+                    image: image.name.clone(),
+                    runtime: Some(CtrRuntime {
+                        name: rt.config.runtime.clone(),
+                        options: None,
+                    }),
+                    spec: Some(prost_types::Any {
+                        type_url: SPEC_TYPE_URL.to_string(),
+                        value: spec_bytes,
+                    }),
+                    snapshotter: rt.config.snapshotter.clone(),
+                    snapshot_key: id.to_string(),
+                    created_at: Some(task::ns_to_ts(meta.created_at)),
+                    updated_at: None,
+                    extensions,
+                    sandbox: String::new(),
+                }),
+            },
+            &lease_id(id),
+        ))
+        .await
+        .map_err(ctrd(format!("create container {id}")))?;
+    made.container = true;
+
+    let ctr = Arc::new(Container::new(
+        id.to_string(),
+        name.to_string(),
+        config,
+        meta,
+        &rt.config.state_dir,
+        ContainerState::default(),
+    ));
+    made.state_file = Some(ctr.state_path().to_path_buf());
+    ctr.update(|_| {})?;
+    rt.containers.insert(ctr.clone());
+    tracing::info!(container = %id, name, sandbox = %sb.id, "container created");
+    Ok(ctr)
+}
+
+/// Where image rootfs views are mounted while CreateContainer reads the image's users.
+pub(super) fn rootfs_views_dir(rt: &Runtime) -> PathBuf {
+    rt.config.state_dir.join("rootfs-views")
+}
+
+/// The image reference kubelet shows: a repo digest when the image was pulled by name,
+/// else the image id.
+fn image_ref(name: &str, manifest_digest: &str, image_id: &str) -> String {
+    if name.contains('@') {
+        return name.to_string();
+    }
+    if manifest_digest.is_empty() || name.starts_with("sha256:") {
+        return image_id.to_string();
+    }
+    // Strip a tag (a ':' after the last '/'), keep a registry port.
+    let slash = name.rfind('/').map_or(0, |i| i + 1);
+    let repo = match name[slash..].rfind(':') {
+        Some(i) => &name[..slash + i],
+        None => name,
+    };
+    format!("{repo}@{manifest_digest}")
+}
+
+fn sandbox_info(sb: &Sandbox) -> SandboxInfo {
+    let host_network = sb.host_network();
+    SandboxInfo {
+        id: sb.id.clone(),
+        pid: sb.pid(),
+        host_network,
+        host_ipc: sb.host_ipc(),
+        host_pid: sb.pid_mode() == cri::NamespaceMode::Node,
+        hostname: if host_network {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        },
+        hostname_path: Some(sb.hostname_path()),
+        hosts_path: Some(sb.hosts_path()),
+        resolv_conf_path: Some(sb.resolv_conf_path()),
+        shm_path: Some(sb.shm_path()),
+        cgroup_parent: sb.cgroup_parent(),
+    }
+}
+
+/// For PID namespace mode TARGET: the pid of the running target container.
+fn target_pid(rt: &Runtime, config: &cri::ContainerConfig) -> Result<Option<u32>> {
+    let opts = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let Some(o) = opts.filter(|o| o.pid == cri::NamespaceMode::Target as i32) else {
+        return Ok(None);
+    };
+    let t = rt.containers.get(&o.target_id)?;
+    let st = t.state();
+    if st.phase != Phase::Running {
+        return Err(Error::FailedPrecondition(format!(
+            "target container {} of the PID namespace is not running",
+            t.id
+        )));
+    }
+    Ok(Some(st.pid))
+}
+
+async fn undo(rt: &Runtime, id: &str, made: Made) {
+    if made.container {
+        if let Err(e) = delete_ctrd_container(rt, id).await {
+            tracing::warn!(container = id, error = %e, "undo: container");
+        }
+    }
+    if made.snapshot {
+        if let Err(e) = remove_snapshot(rt, id).await {
+            tracing::warn!(container = id, error = %e, "undo: snapshot");
+        }
+    }
+    if made.lease {
+        if let Err(e) = delete_lease(rt, id).await {
+            tracing::warn!(container = id, error = %e, "undo: lease");
+        }
+    }
+    if let Some(p) = made.state_file {
+        let _ = std::fs::remove_file(p);
+    }
+    rt.containers.remove(id);
+}
+
+/// Parses a signal as images and users write it: `SIGUSR1`, `USR1` or `10`.
+pub fn parse_signal(s: &str) -> Result<u32> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|sig| sig as u32)
+            .map_err(|_| Error::invalid(format!("unknown signal number {n}")));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as u32)
+        .map_err(|_| Error::invalid(format!("unknown signal {s:?}")))
+}
+
+pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
+    let c = rt.containers.get(id)?;
+    // Its own task, like create: a cancelled request must not leave a task created but
+    // not recorded.
+    let h = tokio::spawn(async move {
+        let _g = c.op.lock().await;
+        match c.state().phase {
+            Phase::Created => {}
+            Phase::Running => {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is already running",
+                    c.id
+                )))
+            }
+            Phase::Exited | Phase::Unknown => {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is exited; create a new one",
+                    c.id
+                )))
+            }
+        }
+        ready_sandbox(&rt, &c.meta.sandbox_id)?;
+        match start_task(&rt, &c).await {
+            Ok(pid) => {
+                c.update(|s| {
+                    s.phase = Phase::Running;
+                    s.pid = pid;
+                    s.started_at = task::now_ns();
+                })?;
+                tracing::info!(container = %c.id, pid, "container started");
+                emit(&rt, &c, cri::ContainerEventType::ContainerStartedEvent);
+                monitor::spawn(rt.clone(), c.clone());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(container = %c.id, error = %e, "StartContainer failed");
+                if let Err(e) = task::kill_and_delete(&rt.ctrd, &c.id, KILL_LIMIT).await {
+                    tracing::warn!(container = %c.id, error = %e, "delete failed task");
+                }
+                if let Some(log) = c.log.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    log.force_close();
+                }
+                monitor::remove_fifos(&rt, &c.id);
+                let msg = e.to_string();
+                c.update(|s| {
+                    s.phase = Phase::Exited;
+                    s.exit_code = monitor::START_ERROR_EXIT_CODE;
+                    s.finished_at = task::now_ns();
+                    s.reason = "StartError".to_string();
+                    s.message = msg;
+                })?;
+                emit(&rt, &c, cri::ContainerEventType::ContainerStoppedEvent);
+                Err(e)
+            }
+        }
+    });
+    h.await
+        .map_err(|e| Error::internal(format!("StartContainer task failed: {e}")))?
+}
+
+/// FIFOs, the log writer (reading before the shim opens the FIFOs), task create and start.
+async fn start_task(rt: &Runtime, c: &Container) -> Result<u32> {
+    let tty = c.config.tty;
+    let io = ContainerIo::create(&rt.fifo_dir(), &c.id, false, tty)?;
+    let log = logs::spawn_log_writer(&io, PathBuf::from(&c.meta.log_path), tty)?;
+    *c.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(log));
+    let rootfs = rt
+        .ctrd
+        .snapshots()
+        .mounts(rt.ctrd.req(MountsRequest {
+            snapshotter: rt.config.snapshotter.clone(),
+            key: c.id.clone(),
+        }))
+        .await
+        .map_err(ctrd(format!("mounts of container {}", c.id)))?
+        .into_inner()
+        .mounts;
+    let paths = io.stdio_paths();
+    task::create(
+        &rt.ctrd,
+        &c.id,
+        rootfs,
+        task::TaskIo {
+            stdin: &paths.stdin,
+            stdout: &paths.stdout,
+            stderr: &paths.stderr,
+            terminal: tty,
+        },
+    )
+    .await?;
+    task::start(&rt.ctrd, &c.id).await
+}
+
+/// Waits until the container is no longer RUNNING, at most `limit`. True if it exited.
+async fn wait_exited(c: &Container, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let notified = c.changed.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a change between the check and the wait is seen.
+        notified.as_mut().enable();
+        if c.state().phase != Phase::Running {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return c.state().phase != Phase::Running;
+        }
+    }
+}
+
+/// The graceful stop signal: the image's STOPSIGNAL recorded at create, else SIGTERM.
+fn stop_signal(c: &Container) -> Result<u32> {
+    if c.meta.image_stop_signal.is_empty() {
+        Ok(libc::SIGTERM as u32)
+    } else {
+        parse_signal(&c.meta.image_stop_signal)
+    }
+}
+
+pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
+    let c = match rt.containers.get(id) {
+        Ok(c) => c,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    {
+        let _g = c.op.lock().await;
+        let st = c.state();
+        if st.phase != Phase::Running {
+            return Ok(());
+        }
+        if timeout_s > 0 && !st.stop_signal_sent {
+            let sig = stop_signal(&c)?;
+            // Recorded first: a repeated stop (now or after a restart) must not signal again.
+            c.update(|s| s.stop_signal_sent = true)?;
+            tracing::info!(container = %c.id, signal = sig, "sending stop signal");
+            task::kill(&rt.ctrd, &c.id, sig, false).await?;
+        }
+    }
+    if timeout_s > 0 && wait_exited(&c, Duration::from_secs(timeout_s as u64)).await {
+        return Ok(());
+    }
+    kill(rt, &c).await
+}
+
+/// SIGKILL and wait for the exit monitor to record the exit.
+async fn kill(rt: &Runtime, c: &Container) -> Result<()> {
+    if c.state().phase != Phase::Running {
+        return Ok(());
+    }
+    tracing::info!(container = %c.id, "killing container");
+    task::kill(&rt.ctrd, &c.id, libc::SIGKILL as u32, false).await?;
+    if wait_exited(c, KILL_LIMIT).await {
+        Ok(())
+    } else {
+        Err(Error::DeadlineExceeded(format!(
+            "container {} was not reported exited within {}s of SIGKILL",
+            c.id,
+            KILL_LIMIT.as_secs()
+        )))
+    }
+}
+
+pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
+    let c = match rt.containers.get(id) {
+        Ok(c) => c,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let _g = c.op.lock().await;
+    if rt.containers.get(&c.id).is_err() {
+        return Ok(()); // removed while we waited for the lock
+    }
+    kill(rt, &c).await?;
+    task::delete(&rt.ctrd, &c.id).await?;
+    delete_ctrd_container(rt, &c.id).await?;
+    remove_snapshot(rt, &c.id).await?;
+    delete_lease(rt, &c.id).await?;
+    if let Some(log) = c.log.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        log.force_close();
+    }
+    monitor::remove_fifos(rt, &c.id);
+    match std::fs::remove_file(c.state_path()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "remove {}: {e}",
+                c.state_path().display()
+            )))
+        }
+    }
+    rt.containers.remove(&c.id);
+    rt.names.release(&c.name, &c.id);
+    tracing::info!(container = %c.id, "container removed");
+    emit(rt, &c, cri::ContainerEventType::ContainerDeletedEvent);
+    Ok(())
+}
+
+pub async fn reopen_log(rt: &Runtime, id: &str) -> Result<()> {
+    let c = rt.containers.get(id)?;
+    if c.state().phase != Phase::Running {
+        return Err(Error::FailedPrecondition(format!(
+            "container {} is not running",
+            c.id
+        )));
+    }
+    let log = c.log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match log {
+        Some(l) => l.reopen().await,
+        None => Err(Error::FailedPrecondition(format!(
+            "container {} has no log writer attached",
+            c.id
+        ))),
+    }
+}
+
+/// StopPodSandbox: kubelet has stopped the containers gracefully already, so what still
+/// runs is killed at once.
+pub async fn stop_pod_containers(rt: &Runtime, sandbox_id: &str) -> Result<()> {
+    let all = rt.containers.in_sandbox(sandbox_id);
+    let results = futures::future::join_all(all.iter().map(|c| async move {
+        // Taking the op lock lets a StartContainer already under way finish first, so its
+        // container is killed too rather than left running in a stopped pod.
+        let _g = c.op.lock().await;
+        kill(rt, c).await
+    }))
+    .await;
+    results.into_iter().collect()
+}
+
+pub async fn remove_pod_containers(rt: &Runtime, sandbox_id: &str) -> Result<()> {
+    for c in rt.containers.in_sandbox(sandbox_id) {
+        remove(rt, &c.id).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn delete_ctrd_container(rt: &Runtime, id: &str) -> Result<()> {
+    use containerd_client::services::v1::DeleteContainerRequest;
+    match rt
+        .ctrd
+        .containers()
+        .delete(rt.ctrd.req(DeleteContainerRequest { id: id.to_string() }))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(ctrd(format!("delete container {id}"))(s)),
+    }
+}
+
+pub(super) async fn remove_snapshot(rt: &Runtime, key: &str) -> Result<()> {
+    use containerd_client::services::v1::snapshots::RemoveSnapshotRequest;
+    match rt
+        .ctrd
+        .snapshots()
+        .remove(rt.ctrd.req(RemoveSnapshotRequest {
+            snapshotter: rt.config.snapshotter.clone(),
+            key: key.to_string(),
+        }))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(ctrd(format!("remove snapshot {key}"))(s)),
+    }
+}
+
+pub(super) async fn delete_lease(rt: &Runtime, id: &str) -> Result<()> {
+    use containerd_client::services::v1::DeleteRequest;
+    match rt
+        .ctrd
+        .leases()
+        .delete(rt.ctrd.req(DeleteRequest {
+            id: lease_id(id),
+            sync: false,
+        }))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(ctrd(format!("delete lease of container {id}"))(s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_short_name_and_number() {
+        assert_eq!(parse_signal("SIGUSR1").unwrap(), libc::SIGUSR1 as u32);
+        assert_eq!(parse_signal("usr1").unwrap(), libc::SIGUSR1 as u32);
+        assert_eq!(parse_signal("15").unwrap(), libc::SIGTERM as u32);
+        assert!(matches!(
+            parse_signal("SIGNOPE"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn image_ref_prefers_the_repo_digest() {
+        assert_eq!(
+            image_ref("localhost:5000/a/b:1", "sha256:m", "sha256:c"),
+            "localhost:5000/a/b@sha256:m"
+        );
+        assert_eq!(
+            image_ref("docker.io/library/x@sha256:m", "sha256:m", "sha256:c"),
+            "docker.io/library/x@sha256:m"
+        );
+        assert_eq!(image_ref("sha256:c", "", "sha256:c"), "sha256:c");
+    }
+}
