@@ -39,12 +39,7 @@ impl Runtime {
         let images = ImageStore::new(ctrd.clone());
         let puller = Puller::new(ctrd.clone(), &config);
         let network = Network::new(&config);
-        let driver = if config.cgroup_driver == "systemd" {
-            cri::CgroupDriver::Systemd
-        } else {
-            cri::CgroupDriver::Cgroupfs
-        };
-        let host = crate::spec::HostInfo::detect(driver);
+        let host = crate::spec::HostInfo::from_config(&config);
         Ok(Runtime {
             config,
             ctrd,
