@@ -28,6 +28,8 @@ pub struct Runtime {
     pub host: crate::spec::HostInfo,
     /// Container lifecycle events for GetContainerEvents subscribers.
     pub events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
+    /// Earlier stats readings (CPU rates) and resolved cgroups.
+    pub stats: crate::container::stats::StatsCache,
     /// Set once the index has been rebuilt from containerd; until then state-changing and
     /// listing RPCs answer Unavailable rather than act on an empty index.
     recovered: std::sync::atomic::AtomicBool,
@@ -51,6 +53,7 @@ impl Runtime {
             containers: Default::default(),
             host,
             events: tokio::sync::broadcast::channel(1024).0,
+            stats: Default::default(),
             recovered: std::sync::atomic::AtomicBool::new(false),
         })
     }

@@ -1,7 +1,12 @@
 //! Workload containers: the record and index (`record`), stdio FIFOs (`io`), the CRI log
 //! writer (`logs`), the lifecycle RPCs (`lifecycle`), exit monitoring and events (`monitor`),
-//! recovery after a restart (`recover`) and reading the image's users (`rootfs`).
+//! recovery after a restart (`recover`), reading the image's users (`rootfs`), ExecSync
+//! (`exec`), resource updates (`update`), stats (`stats`, over `cgroup`) and the event stream
+//! (`events`).
 
+pub mod cgroup;
+pub mod events;
+pub mod exec;
 pub mod io;
 pub mod lifecycle;
 pub mod logs;
@@ -9,5 +14,8 @@ pub mod monitor;
 pub mod record;
 pub mod recover;
 pub mod rootfs;
+pub mod stats;
+pub mod stored_spec;
+pub mod update;
 
 pub use record::{Container, ContainerMeta, ContainerState, Containers, Phase};

@@ -223,7 +223,8 @@ impl Inventory<'_> {
         })
     }
 
-    async fn snapshotter_root(&self) -> Result<String> {
+    /// The snapshotter's root directory on the host.
+    pub async fn snapshotter_root(&self) -> Result<String> {
         let resp = self
             .ctrd
             .introspection()

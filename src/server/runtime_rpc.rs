@@ -2,10 +2,13 @@
 
 use tonic::{Request, Response, Status};
 
+use futures::StreamExt;
+
+use crate::container::{self, stats};
 use crate::cri::*;
 use crate::error::Error;
 use crate::server::Peapod;
-use crate::{container, sandbox};
+use crate::sandbox;
 
 /// An id field the RPC cannot do without.
 fn require_id(id: &str, field: &str) -> Result<(), Error> {
@@ -156,9 +159,13 @@ impl runtime_service_server::RuntimeService for Peapod {
 
     async fn update_container_resources(
         &self,
-        _req: Request<UpdateContainerResourcesRequest>,
+        req: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        Err(Error::Unimplemented("UpdateContainerResources").into())
+        let req = req.into_inner();
+        require_id(&req.container_id, "container_id")?;
+        self.rt.require_recovered()?;
+        container::update::update_resources(&self.rt, req).await?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
@@ -174,9 +181,14 @@ impl runtime_service_server::RuntimeService for Peapod {
 
     async fn exec_sync(
         &self,
-        _req: Request<ExecSyncRequest>,
+        req: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        Err(Error::Unimplemented("ExecSync").into())
+        let req = req.into_inner();
+        require_id(&req.container_id, "container_id")?;
+        self.rt.require_recovered()?;
+        Ok(Response::new(
+            container::exec::exec_sync(self.rt.clone(), req).await?,
+        ))
     }
 
     async fn exec(&self, _req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
@@ -199,30 +211,48 @@ impl runtime_service_server::RuntimeService for Peapod {
 
     async fn container_stats(
         &self,
-        _req: Request<ContainerStatsRequest>,
+        req: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        Err(Error::Unimplemented("ContainerStats").into())
+        let id = req.into_inner().container_id;
+        require_id(&id, "container_id")?;
+        self.rt.require_recovered()?;
+        Ok(Response::new(ContainerStatsResponse {
+            stats: Some(stats::container_stats(&self.rt, &id).await?),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _req: Request<ListContainerStatsRequest>,
+        req: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        Err(Error::Unimplemented("ListContainerStats").into())
+        let filter = req.into_inner().filter;
+        self.rt.require_recovered()?;
+        Ok(Response::new(ListContainerStatsResponse {
+            stats: stats::list_container_stats(&self.rt, filter.as_ref()).await?,
+        }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<PodSandboxStatsRequest>,
+        req: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        Err(Error::Unimplemented("PodSandboxStats").into())
+        let id = req.into_inner().pod_sandbox_id;
+        require_id(&id, "pod_sandbox_id")?;
+        self.rt.require_recovered()?;
+        Ok(Response::new(PodSandboxStatsResponse {
+            stats: Some(stats::pod_sandbox_stats(&self.rt, &id).await?),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<ListPodSandboxStatsRequest>,
+        req: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        Err(Error::Unimplemented("ListPodSandboxStats").into())
+        let filter = req.into_inner().filter;
+        self.rt.require_recovered()?;
+        Ok(Response::new(ListPodSandboxStatsResponse {
+            stats: stats::list_pod_sandbox_stats(&self.rt, filter.as_ref()).await?,
+        }))
     }
 
     async fn update_runtime_config(
@@ -256,7 +286,8 @@ impl runtime_service_server::RuntimeService for Peapod {
         &self,
         _req: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(Error::Unimplemented("GetContainerEvents").into())
+        let events = container::events::subscribe(&self.rt.events).map(Ok);
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn list_metric_descriptors(

@@ -1,0 +1,480 @@
+//! ContainerStats / ListContainerStats / PodSandboxStats / ListPodSandboxStats.
+//!
+//! CPU and memory come from the cgroup files ([`super::cgroup`]), the writable layer from the
+//! snapshotter's usage of the container's snapshot, and pod network counters from the pause
+//! process's `/proc/<pid>/net/dev`. `usage_nano_cores` is a rate, so the previous cumulative
+//! reading of each container and pod is kept in memory; entries of containers and pods that
+//! are gone are dropped on every list so the table does not grow under pod churn.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use containerd_client::services::v1::snapshots::UsageRequest;
+
+use super::cgroup::{self, Cgroup, Sample};
+use super::{stored_spec, Container, Phase};
+use crate::cri;
+use crate::error::{ctrd, Result};
+use crate::runtime::Runtime;
+use crate::sandbox::Sandbox;
+use crate::task::now_ns;
+
+/// One cumulative CPU reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuPoint {
+    pub at_ns: i64,
+    pub usage_ns: u64,
+}
+
+/// The CPU rate between two readings, in nanoseconds of CPU per second (1e9 = one core).
+/// None without an earlier reading, or when time or the counter went backwards (a new cgroup
+/// under the same id).
+pub fn nano_cores(prev: Option<CpuPoint>, now: CpuPoint) -> Option<u64> {
+    let prev = prev?;
+    let dt = now.at_ns.checked_sub(prev.at_ns).filter(|d| *d > 0)?;
+    let du = now.usage_ns.checked_sub(prev.usage_ns)?;
+    u64::try_from(u128::from(du) * 1_000_000_000 / dt as u128).ok()
+}
+
+/// State kept between stats calls.
+#[derive(Default)]
+pub struct StatsCache {
+    cpu: Mutex<HashMap<String, CpuPoint>>,
+    /// A container's cgroup never moves; resolving it costs a containerd round trip.
+    cgroups: Mutex<HashMap<String, Cgroup>>,
+    /// The snapshotter's root, reported as the writable layer's filesystem.
+    mountpoint: Mutex<Option<String>>,
+}
+
+impl StatsCache {
+    /// The CPU stats for a new reading, remembering it for the next rate.
+    fn cpu(&self, key: &str, usage_ns: Option<u64>, at_ns: i64) -> Option<cri::CpuUsage> {
+        let usage_ns = usage_ns?;
+        let now = CpuPoint { at_ns, usage_ns };
+        let prev = self
+            .cpu
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), now);
+        Some(cri::CpuUsage {
+            timestamp: at_ns,
+            usage_core_nano_seconds: Some(u64v(usage_ns)),
+            usage_nano_cores: nano_cores(prev, now).map(u64v),
+        })
+    }
+
+    fn forget_except(&self, live: &std::collections::HashSet<String>) {
+        self.cpu
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| live.contains(k));
+        self.cgroups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| live.contains(k));
+    }
+}
+
+fn u64v(value: u64) -> cri::UInt64Value {
+    cri::UInt64Value { value }
+}
+
+fn cgroup_root() -> &'static Path {
+    Path::new(cgroup::CGROUP_ROOT)
+}
+
+/// Where the container's cgroup is: from its spec's `cgroupsPath`, else (runc's default
+/// placement, relative to the shim) from its init process.
+async fn container_cgroup(rt: &Runtime, c: &Container) -> Option<Cgroup> {
+    if let Some(cg) = rt
+        .stats
+        .cgroups
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&c.id)
+    {
+        return Some(cg.clone());
+    }
+    let root = cgroup_root();
+    let v2 = cgroup::is_v2(root);
+    let from_spec = match stored_spec::get(&rt.ctrd, &c.id).await {
+        Ok((_, spec)) => spec
+            .pointer("/linux/cgroupsPath")
+            .and_then(|v| v.as_str())
+            .and_then(cgroup::cgroups_path_dir)
+            .map(|dir| Cgroup::at(root, v2, &dir))
+            .filter(|cg| cg.exists()),
+        Err(e) => {
+            tracing::debug!(container = %c.id, error = %e, "no stored spec for stats");
+            None
+        }
+    };
+    let pid = c.state().pid;
+    let cg = from_spec.or_else(|| {
+        (pid != 0)
+            .then(|| Cgroup::of_pid(root, v2, pid).ok())
+            .flatten()
+    })?;
+    rt.stats
+        .cgroups
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(c.id.clone(), cg.clone());
+    Some(cg)
+}
+
+fn memory_usage(s: &Sample, at_ns: i64) -> Option<cri::MemoryUsage> {
+    let m = s.memory?;
+    Some(cri::MemoryUsage {
+        timestamp: at_ns,
+        working_set_bytes: Some(u64v(m.working_set)),
+        available_bytes: Some(u64v(m.limit.map_or(0, |l| l.saturating_sub(m.working_set)))),
+        usage_bytes: Some(u64v(m.usage)),
+        rss_bytes: Some(u64v(m.rss)),
+        page_faults: Some(u64v(m.page_faults)),
+        major_page_faults: Some(u64v(m.major_page_faults)),
+    })
+}
+
+async fn snapshotter_mountpoint(rt: &Runtime) -> String {
+    if let Some(m) = rt
+        .stats
+        .mountpoint
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    {
+        return m;
+    }
+    match rt.inventory().snapshotter_root().await {
+        Ok(m) => {
+            *rt.stats
+                .mountpoint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+            m
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "snapshotter root unknown");
+            String::new()
+        }
+    }
+}
+
+/// The snapshot's usage; None when it is gone (the container was removed meanwhile).
+async fn writable_layer(rt: &Runtime, id: &str) -> Result<Option<cri::FilesystemUsage>> {
+    let at = now_ns();
+    let usage = match rt
+        .ctrd
+        .snapshots()
+        .usage(rt.ctrd.req(UsageRequest {
+            snapshotter: rt.config.snapshotter.clone(),
+            key: id.to_string(),
+        }))
+        .await
+    {
+        Ok(u) => u.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+        Err(s) => return Err(ctrd(format!("snapshot usage of container {id}"))(s)),
+    };
+    Ok(Some(cri::FilesystemUsage {
+        timestamp: at,
+        fs_id: Some(cri::FilesystemIdentifier {
+            mountpoint: snapshotter_mountpoint(rt).await,
+        }),
+        used_bytes: Some(u64v(usage.size.max(0) as u64)),
+        inodes_used: Some(u64v(usage.inodes.max(0) as u64)),
+    }))
+}
+
+fn attributes(c: &Container) -> cri::ContainerAttributes {
+    cri::ContainerAttributes {
+        id: c.id.clone(),
+        metadata: Some(c.metadata()),
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+    }
+}
+
+/// Stats of one container, and its cgroup reading (for summing into a pod). A container
+/// without a live cgroup (created, exited) has attributes and a writable layer only.
+async fn stats_of(rt: &Runtime, c: &Container) -> Result<(cri::ContainerStats, Option<Sample>)> {
+    let mut out = cri::ContainerStats {
+        attributes: Some(attributes(c)),
+        writable_layer: writable_layer(rt, &c.id).await?,
+        ..Default::default()
+    };
+    let mut sample = None;
+    if c.state().phase == Phase::Running {
+        if let Some(cg) = container_cgroup(rt, c).await {
+            let at = now_ns();
+            match cg.sample() {
+                Ok(s) => {
+                    out.cpu = rt.stats.cpu(&c.id, s.cpu_usage_ns, at);
+                    out.memory = memory_usage(&s, at);
+                    sample = Some(s);
+                }
+                // The container exited between the phase check and the read.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((out, sample))
+}
+
+pub async fn container_stats(rt: &Runtime, id: &str) -> Result<cri::ContainerStats> {
+    let c = rt.containers.get(id)?;
+    Ok(stats_of(rt, &c).await?.0)
+}
+
+fn container_matches(c: &Container, f: Option<&cri::ContainerStatsFilter>) -> bool {
+    let Some(f) = f else { return true };
+    (f.id.is_empty() || c.id.starts_with(&f.id))
+        && (f.pod_sandbox_id.is_empty() || c.meta.sandbox_id.starts_with(&f.pod_sandbox_id))
+        && crate::store::labels_match(&c.config.labels, &f.label_selector)
+}
+
+/// Stats of every running container that matches the filter (kubelet asks for running ones;
+/// an exited container has no cgroup to read).
+pub async fn list_container_stats(
+    rt: &Runtime,
+    filter: Option<&cri::ContainerStatsFilter>,
+) -> Result<Vec<cri::ContainerStats>> {
+    forget_gone(rt);
+    let cs: Vec<Arc<Container>> = rt
+        .containers
+        .all()
+        .into_iter()
+        .filter(|c| c.state().phase == Phase::Running && container_matches(c, filter))
+        .collect();
+    let results = futures::future::join_all(cs.iter().map(|c| stats_of(rt, c))).await;
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok((s, _)) => out.push(s),
+            // Removed while we were reading: it no longer belongs in the list.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| attr_id(a).cmp(attr_id(b)));
+    Ok(out)
+}
+
+fn attr_id(s: &cri::ContainerStats) -> &str {
+    s.attributes.as_ref().map_or("", |a| a.id.as_str())
+}
+
+fn forget_gone(rt: &Runtime) {
+    let mut live: std::collections::HashSet<String> =
+        rt.containers.all().iter().map(|c| c.id.clone()).collect();
+    live.extend(rt.sandboxes.all().iter().map(|s| pod_key(&s.id)));
+    rt.stats.forget_except(&live);
+}
+
+/// Pods and containers share the CPU table; pod keys cannot collide with 64-hex ids.
+fn pod_key(id: &str) -> String {
+    format!("pod:{id}")
+}
+
+/// The pod-level cgroup kubelet made (the sandbox's cgroup parent), if it exists.
+fn pod_cgroup(rt: &Runtime, sb: &Sandbox) -> Option<Cgroup> {
+    let parent = sb.cgroup_parent();
+    if parent.is_empty() {
+        return None;
+    }
+    let dir = if rt.config.cgroup_driver == "systemd" {
+        cgroup::expand_slice(&parent)
+    } else {
+        parent
+    };
+    let root = cgroup_root();
+    Some(Cgroup::at(root, cgroup::is_v2(root), &dir)).filter(|cg| cg.exists())
+}
+
+fn network_usage(sb: &Sandbox, at_ns: i64) -> Option<cri::NetworkUsage> {
+    if sb.host_network() || sb.pid() == 0 {
+        return None;
+    }
+    let text =
+        std::fs::read_to_string(PathBuf::from(format!("/proc/{}/net/dev", sb.pid()))).ok()?;
+    let ifaces: Vec<cri::NetworkInterfaceUsage> = cgroup::parse_net_dev(&text)
+        .into_iter()
+        .filter(|d| d.name != "lo")
+        .map(|d| cri::NetworkInterfaceUsage {
+            name: d.name,
+            rx_bytes: Some(u64v(d.rx_bytes)),
+            rx_errors: Some(u64v(d.rx_errors)),
+            tx_bytes: Some(u64v(d.tx_bytes)),
+            tx_errors: Some(u64v(d.tx_errors)),
+        })
+        .collect();
+    Some(cri::NetworkUsage {
+        timestamp: at_ns,
+        default_interface: ifaces.iter().find(|i| i.name == "eth0").cloned(),
+        interfaces: ifaces,
+    })
+}
+
+async fn pod_stats_of(rt: &Runtime, sb: &Sandbox) -> Result<cri::PodSandboxStats> {
+    let containers = rt.containers.in_sandbox(&sb.id);
+    let mut per_container = Vec::new();
+    let mut summed = Sample::default();
+    for c in containers
+        .iter()
+        .filter(|c| c.state().phase == Phase::Running)
+    {
+        match stats_of(rt, c).await {
+            Ok((s, sample)) => {
+                if let Some(sample) = sample {
+                    summed.add(&sample);
+                }
+                per_container.push(s);
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let at = now_ns();
+    let root = cgroup_root();
+    // Without a pod-level cgroup, the pod is its pause process plus its containers.
+    let pod = match pod_cgroup(rt, sb).map(|cg| cg.sample()) {
+        Some(Ok(s)) => s,
+        _ => {
+            if sb.pid() != 0 {
+                if let Ok(s) =
+                    Cgroup::of_pid(root, cgroup::is_v2(root), sb.pid()).and_then(|cg| cg.sample())
+                {
+                    summed.add(&s);
+                }
+            }
+            summed
+        }
+    };
+    let meta = sb.metadata();
+    Ok(cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: sb.id.clone(),
+            metadata: Some(meta),
+            labels: sb.config.labels.clone(),
+            annotations: sb.config.annotations.clone(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: rt.stats.cpu(&pod_key(&sb.id), pod.cpu_usage_ns, at),
+            memory: memory_usage(&pod, at),
+            network: network_usage(sb, at),
+            process: pod.pids.map(|n| cri::ProcessUsage {
+                timestamp: at,
+                process_count: Some(u64v(n)),
+            }),
+            containers: per_container,
+        }),
+        windows: None,
+    })
+}
+
+pub async fn pod_sandbox_stats(rt: &Runtime, id: &str) -> Result<cri::PodSandboxStats> {
+    let sb = rt.sandboxes.get(id)?;
+    pod_stats_of(rt, &sb).await
+}
+
+/// Stats of every ready pod that matches the filter.
+pub async fn list_pod_sandbox_stats(
+    rt: &Runtime,
+    filter: Option<&cri::PodSandboxStatsFilter>,
+) -> Result<Vec<cri::PodSandboxStats>> {
+    forget_gone(rt);
+    let mut sbs: Vec<Arc<Sandbox>> = rt
+        .sandboxes
+        .all()
+        .into_iter()
+        .filter(|s| s.is_ready())
+        .filter(|s| match filter {
+            None => true,
+            Some(f) => {
+                (f.id.is_empty() || s.id.starts_with(&f.id))
+                    && crate::store::labels_match(&s.config.labels, &f.label_selector)
+            }
+        })
+        .collect();
+    sbs.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out = Vec::with_capacity(sbs.len());
+    for sb in sbs {
+        match pod_stats_of(rt, &sb).await {
+            Ok(s) => out.push(s),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(at_ns: i64, usage_ns: u64) -> CpuPoint {
+        CpuPoint { at_ns, usage_ns }
+    }
+
+    #[test]
+    fn nano_cores_is_the_rate_between_readings() {
+        assert_eq!(nano_cores(None, p(10, 10)), None);
+        // Half a core: 0.5s of CPU over 1s.
+        assert_eq!(
+            nano_cores(Some(p(1_000_000_000, 0)), p(2_000_000_000, 500_000_000)),
+            Some(500_000_000)
+        );
+        // Two busy cores over 100ms.
+        assert_eq!(
+            nano_cores(Some(p(0, 1_000)), p(100_000_000, 200_001_000)),
+            Some(2_000_000_000)
+        );
+        // No time passed, time or counter went backwards.
+        assert_eq!(nano_cores(Some(p(5, 0)), p(5, 10)), None);
+        assert_eq!(nano_cores(Some(p(6, 0)), p(5, 10)), None);
+        assert_eq!(nano_cores(Some(p(0, 10)), p(5, 9)), None);
+        // Huge counters do not overflow.
+        assert_eq!(
+            nano_cores(Some(p(0, 0)), p(1_000_000_000, u64::MAX / 2)),
+            Some(u64::MAX / 2)
+        );
+    }
+
+    #[test]
+    fn cache_computes_rates_and_forgets_the_gone() {
+        let cache = StatsCache::default();
+        let first = cache.cpu("a", Some(1_000), 1_000_000_000).unwrap();
+        assert_eq!(first.usage_core_nano_seconds, Some(u64v(1_000)));
+        assert_eq!(first.usage_nano_cores, None);
+        let second = cache.cpu("a", Some(250_001_000), 1_500_000_000).unwrap();
+        assert_eq!(second.usage_nano_cores, Some(u64v(500_000_000)));
+        assert!(cache.cpu("b", None, 1).is_none());
+        cache.forget_except(&["b".to_string()].into_iter().collect());
+        let again = cache.cpu("a", Some(300_000_000), 2_000_000_000).unwrap();
+        assert_eq!(again.usage_nano_cores, None, "forgotten, so no rate");
+    }
+
+    #[test]
+    fn memory_usage_reports_available_against_the_limit() {
+        let s = Sample {
+            memory: Some(cgroup::Memory {
+                usage: 100,
+                working_set: 60,
+                rss: 50,
+                page_faults: 3,
+                major_page_faults: 1,
+                limit: Some(1000),
+            }),
+            ..Default::default()
+        };
+        let m = memory_usage(&s, 7).unwrap();
+        assert_eq!(m.working_set_bytes, Some(u64v(60)));
+        assert_eq!(m.available_bytes, Some(u64v(940)));
+        assert_eq!(m.usage_bytes, Some(u64v(100)));
+        assert_eq!(m.timestamp, 7);
+        assert!(memory_usage(&Sample::default(), 7).is_none());
+    }
+}

@@ -1,0 +1,58 @@
+//! The OCI spec containerd stores with a container, read and written as JSON.
+//!
+//! Kept as `serde_json::Value` rather than `oci_spec::runtime::Spec`: exec and resource
+//! updates change one part and must hand every other field back to runc untouched, including
+//! fields a typed round trip might not know.
+
+use containerd_client::services::v1::{
+    Container as CtrdContainer, GetContainerRequest, UpdateContainerRequest,
+};
+use serde_json::Value;
+
+use crate::containerd::Containerd;
+use crate::error::{ctrd, Error, Result};
+
+/// containerd's type URL of an OCI process spec (`ExecProcessRequest.spec`).
+pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+/// containerd's type URL of OCI `LinuxResources` (`UpdateTaskRequest.resources`).
+pub const RESOURCES_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// The containerd container record and its spec.
+pub async fn get(c: &Containerd, id: &str) -> Result<(CtrdContainer, Value)> {
+    let ctr = c
+        .containers()
+        .get(c.req(GetContainerRequest { id: id.to_string() }))
+        .await
+        .map_err(ctrd(format!("get container {id}")))?
+        .into_inner()
+        .container
+        .ok_or_else(|| Error::internal(format!("containerd returned no container {id}")))?;
+    let spec = ctr
+        .spec
+        .as_ref()
+        .ok_or_else(|| Error::internal(format!("container {id} has no OCI spec in containerd")))?;
+    let value = serde_json::from_slice(&spec.value)
+        .map_err(|e| Error::internal(format!("container {id}: OCI spec is not JSON: {e}")))?;
+    Ok((ctr, value))
+}
+
+/// Replaces the stored spec (update mask `spec`), keeping the record's type URL.
+pub async fn put(c: &Containerd, mut ctr: CtrdContainer, spec: &Value) -> Result<()> {
+    let id = ctr.id.clone();
+    let bytes = serde_json::to_vec(spec)
+        .map_err(|e| Error::internal(format!("encode OCI spec of {id}: {e}")))?;
+    let mut any = ctr.spec.take().unwrap_or_default();
+    any.value = bytes;
+    ctr.spec = Some(any);
+    c.containers()
+        .update(c.req(UpdateContainerRequest {
+            container: Some(ctr),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["spec".to_string()],
+            }),
+        }))
+        .await
+        .map_err(ctrd(format!("update spec of container {id}")))?;
+    Ok(())
+}
