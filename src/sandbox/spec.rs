@@ -159,7 +159,7 @@ pub fn pause_spec(input: &PauseSpecInput<'_>) -> Result<Value> {
         },
         "root": {"path": "rootfs", "readonly": true},
         "hostname": if host_net { String::new() } else { input.hostname.to_string() },
-        "mounts": default_mounts(),
+        "mounts": default_mounts(privileged),
         "annotations": annotations,
         "linux": linux,
     });
@@ -188,13 +188,18 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-fn default_mounts() -> Value {
+/// The pause container's mounts. A privileged pod's /sys is mounted read-write: sysfs keeps
+/// one superblock per network namespace, and the first mount's read-only flag (the pause's,
+/// which owns the pod's network namespace) sticks to it, so a read-only mount here would make
+/// every privileged container's /sys read-only too.
+fn default_mounts(privileged: bool) -> Value {
+    let sys = if privileged { "rw" } else { "ro" };
     json!([
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
     ])
 }
@@ -361,6 +366,34 @@ mod tests {
             .iter()
             .any(|n| n["type"] == "network" && n["path"] == "/var/run/netns/x"));
         assert_eq!(s["linux"]["sysctl"]["net.ipv4.ip_forward"], "1");
+        let sys = |s: &Value| {
+            s["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/sys")
+                .unwrap()["options"]
+                .clone()
+        };
+        assert!(sys(&s).as_array().unwrap().contains(&json!("ro")));
+        let mut privileged = cfg.clone();
+        privileged.linux.as_mut().unwrap().security_context =
+            Some(cri::LinuxSandboxSecurityContext {
+                privileged: true,
+                ..Default::default()
+            });
+        let s = pause_spec(&PauseSpecInput {
+            id: "abc",
+            config: &privileged,
+            image: &img,
+            hostname: "h",
+            netns: Some(Path::new("/var/run/netns/x")),
+            cgroups_path: cgroups_path("cgroupfs", "/kubepods/pod1", "abc"),
+            min_oom_score_adj: -500,
+        })
+        .unwrap();
+        assert!(sys(&s).as_array().unwrap().contains(&json!("rw")));
+        assert!(s["linux"]["maskedPaths"].is_null());
     }
 
     #[test]
