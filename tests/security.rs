@@ -830,10 +830,12 @@ async fn network_and_ipc_namespaces() {
         field(&h, "HOST"),
         host_file("/proc/sys/kernel/hostname").trim()
     );
+    // The host's interfaces, the test bridge among them.
     assert!(
-        !h.contains(&format!("inet {}.", rig.subnet_prefix)),
-        "pod IP in a host-network pod:\n{h}"
+        h.contains(&format!(": {} ", rig.bridge)),
+        "host interfaces not visible:\n{h}"
     );
+    assert!(!a.contains(&rig.bridge), "host interfaces in the pod:\n{a}");
 }
 
 #[tokio::test]
