@@ -160,7 +160,8 @@ fn volume(rig: &Rig, name: &str) -> PathBuf {
     p
 }
 
-/// peapod answers Unavailable until it has recovered its state; wait for that.
+/// peapod answers Unavailable until it has recovered its state (Rig::start only waits for
+/// the socket); a loaded machine makes that window visible, so every test waits for it.
 async fn wait_recovered(rig: &Rig) -> Client {
     let start = Instant::now();
     loop {
@@ -188,7 +189,7 @@ async fn lifecycle_times_and_exit_codes() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "life").await;
 
     let ok = create(&mut rt, &p, config("ok", "sleep 1; exit 0")).await;
@@ -283,7 +284,7 @@ async fn containers_of_a_pod_share_localhost_and_volumes() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "share").await;
     let www = volume(&rig, "www");
 
@@ -336,7 +337,7 @@ async fn init_containers_run_in_order() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "init").await;
     let work = volume(&rig, "work");
     let first = run(
@@ -376,7 +377,7 @@ async fn stop_waits_for_term_then_kills() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "stop").await;
     let data = volume(&rig, "stop");
 
@@ -462,7 +463,7 @@ async fn concurrent_stops_signal_once_and_image_stop_signal_is_used() {
         },
     );
     rig.import(&usr1.layout_tar);
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "signals").await;
     let data = volume(&rig, "signals");
 
@@ -531,7 +532,7 @@ async fn memory_limit_gives_oomkilled() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "oom").await;
     let mut c = config(
         "hog",
@@ -556,7 +557,7 @@ async fn logs_are_exact_and_follow_reopen() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "logs").await;
     let once = run(
         &mut rt,
@@ -660,7 +661,7 @@ async fn a_pods_containers_share_one_shim() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let a = pod(&rig, &mut rt, "shim-a").await;
     let b = pod(&rig, &mut rt, "shim-b").await;
     for p in [&a, &b] {
@@ -678,7 +679,7 @@ async fn exit_while_peapod_is_down_keeps_the_real_code() {
         return;
     }
     let mut rig = Rig::start().await;
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "down").await;
     let id = run(&mut rt, &p, config("short", "sleep 2; exit 5")).await;
     wait_state(&mut rt, &id, ContainerState::ContainerRunning, 10).await;
@@ -698,7 +699,7 @@ async fn restart_loses_no_container() {
         return;
     }
     let mut rig = Rig::start().await;
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "keep").await;
     let created = create(&mut rt, &p, config("created", "echo late")).await;
     let running = run(
@@ -778,7 +779,7 @@ async fn bad_requests_get_the_right_codes() {
         );
         rig.import(&img.layout_tar);
     }
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "bad").await;
     let code = |r: Result<String, tonic::Status>| r.unwrap_err();
 
@@ -887,7 +888,7 @@ async fn removing_a_pod_removes_its_containers() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = rig.runtime_client().await;
+    let mut rt = wait_recovered(&rig).await;
     let p = pod(&rig, &mut rt, "gone").await;
     let running = run(
         &mut rt,

@@ -141,6 +141,13 @@ impl Network {
     /// A new namespace's `lo` is down; pods expect 127.0.0.1 to work (containers of a pod
     /// talk over localhost), so the loopback plugin brings it up as containerd's CRI does.
     async fn loopback_up(&self, exec: &cni::Exec, rt: &cni::RuntimeConf) -> Result<()> {
+        if cni::find_plugin(&self.bin_dirs, "loopback").is_err() {
+            tracing::warn!(
+                sandbox = %rt.container_id,
+                "CNI loopback plugin not found; the pod's lo stays down and localhost will not work"
+            );
+            return Ok(());
+        }
         let conf =
             serde_json::json!({"cniVersion": "0.3.1", "name": "cni-loopback", "type": "loopback"});
         let lo = cni::RuntimeConf {

@@ -290,6 +290,7 @@ disabled_plugins = [{disabled}]
                 .await
                 .is_ok()
             {
+                self.wait_recovered().await;
                 return;
             }
             if let Some(c) = self.peapod.as_mut() {
@@ -303,6 +304,28 @@ disabled_plugins = [{disabled}]
                 self.peapod_log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// peapod serves its socket before it has rebuilt its index from containerd and answers
+    /// Unavailable until then; on a loaded machine tests would see that window. With
+    /// containerd up, wait (bounded, without failing) until a listing succeeds.
+    async fn wait_recovered(&self) {
+        if self.containerd.is_none() {
+            return;
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let mut rt = self.runtime_client().await;
+            match rt
+                .list_pod_sandbox(peapod::cri::ListPodSandboxRequest::default())
+                .await
+            {
+                Err(e) if e.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                _ => return,
+            }
         }
     }
 
