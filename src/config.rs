@@ -50,6 +50,10 @@ pub struct Config {
     pub log_level: String,
     /// Log output format: "text" or "json".
     pub log_format: String,
+    /// When set, seccomp Localhost profiles must lie in this directory (kubelet keeps them in
+    /// `/var/lib/kubelet/seccomp`); relative references are taken inside it. Unset: any
+    /// absolute path.
+    pub seccomp_profile_root: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -73,6 +77,7 @@ impl Default for Config {
             stream_port: 0,
             log_level: "info".into(),
             log_format: "text".into(),
+            seccomp_profile_root: None,
         }
     }
 }
@@ -138,6 +143,9 @@ pub struct Cli {
     /// Log format, "text" or "json". [default: text]
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Directory seccomp Localhost profiles must lie in; relative references are taken inside it. [default: none, any absolute path]
+    #[arg(long)]
+    pub seccomp_profile_root: Option<PathBuf>,
 }
 
 impl Config {
@@ -174,6 +182,9 @@ impl Config {
         if cli.registry_credentials_file.is_some() {
             cfg.registry_credentials_file = cli.registry_credentials_file.clone();
         }
+        if cli.seccomp_profile_root.is_some() {
+            cfg.seccomp_profile_root = cli.seccomp_profile_root.clone();
+        }
         if !cli.cni_bin_dirs.is_empty() {
             cfg.cni_bin_dirs = cli.cni_bin_dirs.clone();
         }
@@ -203,6 +214,14 @@ impl Config {
         }
         if self.namespace.is_empty() {
             return Err(Error::invalid("namespace must not be empty"));
+        }
+        if let Some(p) = &self.seccomp_profile_root {
+            if !p.is_absolute() {
+                return Err(Error::invalid(format!(
+                    "seccomp_profile_root must be an absolute path, not {}",
+                    p.display()
+                )));
+            }
         }
         Ok(())
     }

@@ -41,12 +41,7 @@ impl Runtime {
         let images = ImageStore::new(ctrd.clone());
         let puller = Puller::new(ctrd.clone(), &config);
         let network = Network::new(&config);
-        let driver = if config.cgroup_driver == "systemd" {
-            cri::CgroupDriver::Systemd
-        } else {
-            cri::CgroupDriver::Cgroupfs
-        };
-        let host = crate::spec::HostInfo::detect(driver);
+        let host = crate::spec::HostInfo::from_config(&config);
         Ok(Runtime {
             config,
             ctrd,
@@ -121,12 +116,14 @@ impl Runtime {
             runtime_handlers: vec![cri::RuntimeHandler {
                 name: String::new(),
                 features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    // Honest: true only when the kernel and runc can both do it.
+                    recursive_read_only_mounts: crate::spec::features::recursive_read_only_mounts(),
                     user_namespaces: false,
                 }),
             }],
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                // Strict and Merge are both honoured (spec::user::resolve_user).
+                supplemental_groups_policy: true,
             }),
         }
     }

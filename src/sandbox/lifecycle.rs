@@ -91,7 +91,7 @@ pub fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
             "runtime handler {handler:?} is not configured (peapod knows \"runc\", the default)"
         )));
     }
-    spec::validate_sysctls(config)
+    spec::validate_security(config)
 }
 
 fn valid_hostname(h: &str) -> bool {

@@ -159,7 +159,7 @@ pub fn pause_spec(input: &PauseSpecInput<'_>) -> Result<Value> {
         },
         "root": {"path": "rootfs", "readonly": true},
         "hostname": if host_net { String::new() } else { input.hostname.to_string() },
-        "mounts": default_mounts(),
+        "mounts": default_mounts(privileged),
         "annotations": annotations,
         "linux": linux,
     });
@@ -188,13 +188,18 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-fn default_mounts() -> Value {
+/// The pause container's mounts. A privileged pod's /sys is mounted read-write: sysfs keeps
+/// one superblock per network namespace, and the first mount's read-only flag (the pause's,
+/// which owns the pod's network namespace) sticks to it, so a read-only mount here would make
+/// every privileged container's /sys read-only too.
+fn default_mounts(privileged: bool) -> Value {
+    let sys = if privileged { "rw" } else { "ro" };
     json!([
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
     ])
 }
@@ -223,6 +228,55 @@ pub fn cgroups_path(driver: &str, parent: &str, id: &str) -> String {
     }
 }
 
+/// Checks the pod-level security context the pause spec applies: ids are valid, the pod's
+/// namespace modes exist at pod level, and sysctls are namespaced ([`validate_sysctls`]).
+pub fn validate_security(config: &cri::PodSandboxConfig) -> Result<()> {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    if let Some(sc) = sc {
+        let id_ok = |v: i64| u32::try_from(v).is_ok();
+        if let Some(u) = sc.run_as_user.as_ref().filter(|u| !id_ok(u.value)) {
+            return Err(Error::invalid(format!(
+                "linux.security_context.run_as_user: {} is not a valid id",
+                u.value
+            )));
+        }
+        if let Some(g) = sc.run_as_group.as_ref() {
+            if sc.run_as_user.is_none() {
+                return Err(Error::invalid(
+                    "linux.security_context.run_as_group is set without run_as_user",
+                ));
+            }
+            if !id_ok(g.value) {
+                return Err(Error::invalid(format!(
+                    "linux.security_context.run_as_group: {} is not a valid id",
+                    g.value
+                )));
+            }
+        }
+        if let Some(g) = sc.supplemental_groups.iter().find(|g| !id_ok(**g)) {
+            return Err(Error::invalid(format!(
+                "linux.security_context.supplemental_groups: {g} is not a valid id"
+            )));
+        }
+        let ns = namespace_options(config);
+        for (field, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
+            let ok = mode == cri::NamespaceMode::Pod as i32
+                || mode == cri::NamespaceMode::Node as i32
+                || (field == "pid" && mode == cri::NamespaceMode::Container as i32);
+            if !ok {
+                return Err(Error::invalid(format!(
+                    "linux.security_context.namespace_options.{field}: mode {mode} is not valid \
+                     for a pod (POD or NODE)"
+                )));
+            }
+        }
+    }
+    validate_sysctls(config)
+}
+
 /// Sysctls a pod may set must be namespaced, and in a namespace the pod owns.
 pub fn validate_sysctls(config: &cri::PodSandboxConfig) -> Result<()> {
     let ns = namespace_options(config);
@@ -238,6 +292,12 @@ pub fn validate_sysctls(config: &cri::PodSandboxConfig) -> Result<()> {
             || k.starts_with("fs.mqueue.");
         let net = k.starts_with("net.");
         let uts = k == "kernel.hostname" || k == "kernel.domainname";
+        if uts && host_net {
+            return Err(Error::invalid(format!(
+                "linux.sysctls: {k} is a UTS sysctl and the pod uses the host's UTS namespace \
+                 (host network)"
+            )));
+        }
         if ipc && host_ipc {
             return Err(Error::invalid(format!(
                 "linux.sysctls: {k} is an IPC sysctl and the pod uses the host IPC namespace"
@@ -306,6 +366,91 @@ mod tests {
             .iter()
             .any(|n| n["type"] == "network" && n["path"] == "/var/run/netns/x"));
         assert_eq!(s["linux"]["sysctl"]["net.ipv4.ip_forward"], "1");
+        let sys = |s: &Value| {
+            s["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/sys")
+                .unwrap()["options"]
+                .clone()
+        };
+        assert!(sys(&s).as_array().unwrap().contains(&json!("ro")));
+        let mut privileged = cfg.clone();
+        privileged.linux.as_mut().unwrap().security_context =
+            Some(cri::LinuxSandboxSecurityContext {
+                privileged: true,
+                ..Default::default()
+            });
+        let s = pause_spec(&PauseSpecInput {
+            id: "abc",
+            config: &privileged,
+            image: &img,
+            hostname: "h",
+            netns: Some(Path::new("/var/run/netns/x")),
+            cgroups_path: cgroups_path("cgroupfs", "/kubepods/pod1", "abc"),
+            min_oom_score_adj: -500,
+        })
+        .unwrap();
+        assert!(sys(&s).as_array().unwrap().contains(&json!("rw")));
+        assert!(s["linux"]["maskedPaths"].is_null());
+    }
+
+    #[test]
+    fn pod_security_context_is_validated() {
+        let mut cfg = cri::PodSandboxConfig {
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    run_as_user: Some(cri::Int64Value { value: 1000 }),
+                    run_as_group: Some(cri::Int64Value { value: 1000 }),
+                    supplemental_groups: vec![10],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(validate_security(&cfg).is_ok());
+        let sc = |c: &mut cri::PodSandboxConfig| {
+            c.linux
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap()
+                .clone()
+        };
+        let mut bad = cfg.clone();
+        let mut s = sc(&mut bad);
+        s.run_as_user = Some(cri::Int64Value { value: -1 });
+        bad.linux.as_mut().unwrap().security_context = Some(s);
+        let e = validate_security(&bad).unwrap_err().to_string();
+        assert!(e.contains("run_as_user"), "{e}");
+
+        let mut s = sc(&mut cfg);
+        s.run_as_user = None;
+        cfg.linux.as_mut().unwrap().security_context = Some(s.clone());
+        let e = validate_security(&cfg).unwrap_err().to_string();
+        assert!(e.contains("run_as_group"), "{e}");
+
+        s.run_as_group = None;
+        s.namespace_options = Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Target as i32,
+            ..Default::default()
+        });
+        cfg.linux.as_mut().unwrap().security_context = Some(s.clone());
+        let e = validate_security(&cfg).unwrap_err().to_string();
+        assert!(e.contains("namespace_options.pid"), "{e}");
+
+        s.namespace_options = Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        });
+        cfg.linux.as_mut().unwrap().security_context = Some(s);
+        cfg.linux.as_mut().unwrap().sysctls =
+            [("kernel.domainname".to_string(), "x".to_string())].into();
+        let e = validate_security(&cfg).unwrap_err().to_string();
+        assert!(e.contains("UTS"), "{e}");
     }
 
     #[test]

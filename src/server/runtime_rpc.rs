@@ -7,8 +7,8 @@ use futures::StreamExt;
 use crate::container::stats;
 use crate::cri::*;
 use crate::error::Error;
+use crate::sandbox;
 use crate::server::Peapod;
-use crate::{container, sandbox};
 
 /// An id field the RPC cannot do without.
 fn require_id(id: &str, field: &str) -> Result<(), Error> {

@@ -90,6 +90,14 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec> {
         .set_exec_cpu_affinity(None);
 
     // Mounts, devices, resources.
+    if !host.security.recursive_read_only_mounts {
+        if let Some(i) = cfg.mounts.iter().position(|m| m.recursive_read_only) {
+            return Err(Error::invalid(format!(
+                "mounts[{i}].recursive_read_only: this node cannot make recursive read-only \
+                 mounts (needs Linux >= 5.12 and a runc that supports the rro mount option)"
+            )));
+        }
+    }
     let mounts = mounts::container_mounts(cfg, input.sandbox, privileged, readonly_rootfs)?;
     let requested = devices::request_devices(&cfg.devices)?;
     let (device_list, rules) = if privileged {

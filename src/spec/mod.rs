@@ -16,6 +16,7 @@
 
 pub mod container;
 pub mod devices;
+pub mod features;
 pub mod mounts;
 pub mod resources;
 pub mod seccomp;
@@ -95,6 +96,19 @@ impl HostInfo {
             own_oom_score_adj: resources::own_oom_score_adj(),
             dev_dir: PathBuf::from("/dev"),
         }
+    }
+
+    /// [`HostInfo::detect`] with the settings of peapod's configuration (cgroup driver,
+    /// seccomp profile root).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let driver = if config.cgroup_driver == "systemd" {
+            cri::CgroupDriver::Systemd
+        } else {
+            cri::CgroupDriver::Cgroupfs
+        };
+        let mut host = Self::detect(driver);
+        host.security.seccomp_profile_root = config.seccomp_profile_root.clone();
+        host
     }
 }
 

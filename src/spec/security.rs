@@ -137,10 +137,14 @@ pub struct HostSecurity {
     /// When set, Localhost seccomp profiles must lie in this directory (relative references are
     /// taken inside it).
     pub seccomp_profile_root: Option<PathBuf>,
+    /// The kernel and runc can make recursive read-only mounts
+    /// ([`super::features::recursive_read_only_mounts`]).
+    pub recursive_read_only_mounts: bool,
 }
 
 impl HostSecurity {
-    /// Detects AppArmor and SELinux on this host; no default AppArmor profile, no profile root.
+    /// Detects AppArmor, SELinux and recursive read-only mount support on this host; no default
+    /// AppArmor profile, no profile root.
     pub fn detect() -> Self {
         let apparmor_enabled = Path::new("/sys/kernel/security/apparmor").exists()
             && std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
@@ -151,6 +155,7 @@ impl HostSecurity {
             apparmor_enabled,
             selinux_enabled,
             capabilities: own_bounding_set(),
+            recursive_read_only_mounts: super::features::recursive_read_only_mounts(),
             ..Default::default()
         }
     }
