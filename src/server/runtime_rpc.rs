@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use futures::StreamExt;
 
+use crate::container;
 use crate::container::stats;
 use crate::cri::*;
 use crate::error::Error;
