@@ -1075,6 +1075,19 @@ async fn update_container_resources() {
         .expect("status resources");
     assert_eq!(r.memory_limit_in_bytes, 128 << 20);
     assert_eq!(r.cpu_quota, 20_000);
+
+    // ... and keeps reporting them after a peapod restart.
+    let mut rig = rig;
+    rig.kill_peapod();
+    rig.start_peapod().await;
+    let mut rt = client(&rig).await;
+    let r = status(&mut rt, &id)
+        .await
+        .resources
+        .and_then(|r| r.linux)
+        .expect("status resources after restart");
+    assert_eq!(r.memory_limit_in_bytes, 128 << 20);
+    assert_eq!(r.cpu_shares, 256);
 }
 
 async fn list_names(rt: &mut Client) -> Vec<String> {

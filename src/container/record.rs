@@ -60,6 +60,10 @@ pub struct ContainerState {
     pub pid: u32,
     /// The graceful stop signal has been sent; repeated stops do not send it again.
     pub stop_signal_sent: bool,
+    /// Resources as changed by UpdateContainerResources (hex of the protobuf
+    /// LinuxContainerResources); None while the create-time ones apply.
+    #[serde(default)]
+    pub updated_resources: Option<String>,
 }
 
 pub struct Container {
@@ -115,6 +119,28 @@ impl Container {
         drop(g);
         self.changed.notify_waiters();
         Ok(next)
+    }
+
+    /// The resources in force: the last update's, else the create request's.
+    pub fn resources(&self) -> Option<cri::LinuxContainerResources> {
+        use prost::Message;
+        let updated = self
+            .state()
+            .updated_resources
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| cri::LinuxContainerResources::decode(b.as_slice()).ok());
+        updated.or_else(|| self.config.linux.as_ref().and_then(|l| l.resources.clone()))
+    }
+
+    /// Records an applied UpdateContainerResources: fields the request left unset keep
+    /// their value, as the cgroup update does.
+    pub fn record_resources_update(&self, req: &cri::LinuxContainerResources) -> Result<()> {
+        use prost::Message;
+        let mut cur = self.resources().unwrap_or_default();
+        merge_resources(&mut cur, req);
+        let encoded = hex::encode(cur.encode_to_vec());
+        self.update(|s| s.updated_resources = Some(encoded))
+            .map(|_| ())
     }
 
     pub fn state_path(&self) -> &Path {
@@ -173,18 +199,39 @@ impl Container {
             annotations: self.config.annotations.clone(),
             mounts: self.config.mounts.clone(),
             log_path: self.meta.log_path.clone(),
-            resources: self
-                .config
-                .linux
-                .as_ref()
-                .and_then(|l| l.resources.clone())
-                .map(|r| cri::ContainerResources {
-                    linux: Some(r),
-                    windows: None,
-                }),
+            resources: self.resources().map(|r| cri::ContainerResources {
+                linux: Some(r),
+                windows: None,
+            }),
             image_id: self.meta.image_id.clone(),
             user: None,
         }
+    }
+}
+
+fn merge_resources(cur: &mut cri::LinuxContainerResources, req: &cri::LinuxContainerResources) {
+    macro_rules! nonzero {
+        ($($f:ident),*) => {$( if req.$f != 0 { cur.$f = req.$f; } )*};
+    }
+    nonzero!(
+        cpu_period,
+        cpu_quota,
+        cpu_shares,
+        memory_limit_in_bytes,
+        oom_score_adj,
+        memory_swap_limit_in_bytes
+    );
+    if !req.cpuset_cpus.is_empty() {
+        cur.cpuset_cpus = req.cpuset_cpus.clone();
+    }
+    if !req.cpuset_mems.is_empty() {
+        cur.cpuset_mems = req.cpuset_mems.clone();
+    }
+    if !req.hugepage_limits.is_empty() {
+        cur.hugepage_limits = req.hugepage_limits.clone();
+    }
+    if !req.unified.is_empty() {
+        cur.unified = req.unified.clone();
     }
 }
 

@@ -38,6 +38,7 @@ pub async fn update_resources(
     let Some(linux) = req.linux else {
         return Ok(());
     };
+    let requested_cri = linux.clone();
     validate(&linux)?;
     let requested = linux_resources(Some(&linux), rt.host.cgroup, Vec::new())?;
     let requested = serde_json::to_value(&requested)
@@ -108,6 +109,7 @@ pub async fn update_resources(
             }
         }
     }
+    c.record_resources_update(&requested_cri)?;
     tracing::info!(container = %c.id, "container resources updated");
     Ok(())
 }
