@@ -107,6 +107,55 @@ impl Containerd {
         VersionClient::new(self.channel.clone())
     }
 
+    /// Creates the lease that holds an object's snapshot and records while they are made.
+    pub async fn create_lease(&self, object_id: &str) -> Result<()> {
+        use containerd_client::services::v1::CreateRequest;
+        self.leases()
+            .create(self.req(CreateRequest {
+                id: lease_id(object_id),
+                labels: Default::default(),
+            }))
+            .await
+            .map_err(ctrd(format!("create lease for {object_id}")))?;
+        Ok(())
+    }
+
+    /// Deletes an object's lease; an absent one is fine (removal is idempotent).
+    pub async fn delete_lease(&self, object_id: &str) -> Result<()> {
+        use containerd_client::services::v1::DeleteRequest;
+        let r = self
+            .leases()
+            .delete(self.req(DeleteRequest {
+                id: lease_id(object_id),
+                sync: false,
+            }))
+            .await;
+        absent_ok(r, || format!("delete lease of {object_id}"))
+    }
+
+    /// Deletes a containerd container record; an absent one is fine.
+    pub async fn delete_container(&self, id: &str) -> Result<()> {
+        use containerd_client::services::v1::DeleteContainerRequest;
+        let r = self
+            .containers()
+            .delete(self.req(DeleteContainerRequest { id: id.to_string() }))
+            .await;
+        absent_ok(r, || format!("delete container {id}"))
+    }
+
+    /// Removes a snapshot; an absent one is fine.
+    pub async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {
+        use containerd_client::services::v1::snapshots::RemoveSnapshotRequest;
+        let r = self
+            .snapshots()
+            .remove(self.req(RemoveSnapshotRequest {
+                snapshotter: snapshotter.to_string(),
+                key: key.to_string(),
+            }))
+            .await;
+        absent_ok(r, || format!("remove snapshot {key}"))
+    }
+
     /// containerd's version, which doubles as the health check behind RuntimeReady.
     pub async fn version(&self) -> Result<String> {
         let mut client = self.version_client();
@@ -136,5 +185,21 @@ impl Containerd {
             .map_err(ctrd("introspection plugins"))?
             .into_inner();
         Ok(resp.plugins.iter().any(|p| p.init_err.is_none()))
+    }
+}
+
+/// The lease of a sandbox or container peapod creates.
+pub fn lease_id(object_id: &str) -> String {
+    format!("peapod-{object_id}")
+}
+
+fn absent_ok<T>(
+    r: std::result::Result<T, tonic::Status>,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(ctrd(what())(s)),
     }
 }

@@ -75,6 +75,60 @@ impl Drop for Reservation {
     }
 }
 
+/// Something an [`Index`] holds, keyed by its id.
+pub trait Indexed {
+    /// What the object is called in error messages ("pod sandbox", "container").
+    const KIND: &'static str;
+    fn id(&self) -> &str;
+}
+
+/// An in-memory id → object index, served to List/Status RPCs without containerd round trips.
+pub struct Index<T> {
+    map: std::sync::RwLock<HashMap<String, Arc<T>>>,
+}
+
+impl<T> Default for Index<T> {
+    fn default() -> Self {
+        Index {
+            map: Default::default(),
+        }
+    }
+}
+
+impl<T: Indexed> Index<T> {
+    pub fn insert(&self, v: Arc<T>) {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(v.id().to_string(), v);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// By full id or unique prefix.
+    pub fn get(&self, id_or_prefix: &str) -> Result<Arc<T>> {
+        let m = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let id = resolve_prefix(m.keys(), id_or_prefix, T::KIND)?;
+        m.get(&id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("{} {id_or_prefix:?} not found", T::KIND)))
+    }
+
+    pub fn all(&self) -> Vec<Arc<T>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
 /// Writes `value` as JSON to `path` via a temporary file and rename, so a crash leaves
 /// either the old file or the new one, never a torn one.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime as CtrRuntime;
 use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest};
-use containerd_client::services::v1::{
-    Container as CtrContainer, CreateContainerRequest, CreateRequest as LeaseCreate,
-};
+use containerd_client::services::v1::{Container as CtrContainer, CreateContainerRequest};
 use prost::Message;
 
 use super::monitor::{self, emit};
@@ -158,13 +156,7 @@ async fn create_in(
         image_stop_signal,
     };
 
-    c.leases()
-        .create(c.req(LeaseCreate {
-            id: lease_id(id),
-            labels: HashMap::new(),
-        }))
-        .await
-        .map_err(ctrd(format!("create lease for container {id}")))?;
+    c.create_lease(id).await?;
     made.lease = true;
     let mounts = c
         .snapshots()
@@ -346,17 +338,17 @@ fn target_pid(rt: &Runtime, config: &cri::ContainerConfig) -> Result<Option<u32>
 
 async fn undo(rt: &Runtime, id: &str, made: Made) {
     if made.container {
-        if let Err(e) = delete_ctrd_container(rt, id).await {
+        if let Err(e) = rt.ctrd.delete_container(id).await {
             tracing::warn!(container = id, error = %e, "undo: container");
         }
     }
     if made.snapshot {
-        if let Err(e) = remove_snapshot(rt, id).await {
+        if let Err(e) = rt.ctrd.remove_snapshot(&rt.config.snapshotter, id).await {
             tracing::warn!(container = id, error = %e, "undo: snapshot");
         }
     }
     if made.lease {
-        if let Err(e) = delete_lease(rt, id).await {
+        if let Err(e) = rt.ctrd.delete_lease(id).await {
             tracing::warn!(container = id, error = %e, "undo: lease");
         }
     }
@@ -560,9 +552,11 @@ pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
     }
     kill(rt, &c).await?;
     task::delete(&rt.ctrd, &c.id).await?;
-    delete_ctrd_container(rt, &c.id).await?;
-    remove_snapshot(rt, &c.id).await?;
-    delete_lease(rt, &c.id).await?;
+    rt.ctrd.delete_container(&c.id).await?;
+    rt.ctrd
+        .remove_snapshot(&rt.config.snapshotter, &c.id)
+        .await?;
+    rt.ctrd.delete_lease(&c.id).await?;
     if let Some(log) = c.log.lock().unwrap_or_else(|p| p.into_inner()).take() {
         log.force_close();
     }
@@ -621,54 +615,6 @@ pub async fn remove_pod_containers(rt: &Runtime, sandbox_id: &str) -> Result<()>
         remove(rt, &c.id).await?;
     }
     Ok(())
-}
-
-pub(super) async fn delete_ctrd_container(rt: &Runtime, id: &str) -> Result<()> {
-    use containerd_client::services::v1::DeleteContainerRequest;
-    match rt
-        .ctrd
-        .containers()
-        .delete(rt.ctrd.req(DeleteContainerRequest { id: id.to_string() }))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-        Err(s) => Err(ctrd(format!("delete container {id}"))(s)),
-    }
-}
-
-pub(super) async fn remove_snapshot(rt: &Runtime, key: &str) -> Result<()> {
-    use containerd_client::services::v1::snapshots::RemoveSnapshotRequest;
-    match rt
-        .ctrd
-        .snapshots()
-        .remove(rt.ctrd.req(RemoveSnapshotRequest {
-            snapshotter: rt.config.snapshotter.clone(),
-            key: key.to_string(),
-        }))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-        Err(s) => Err(ctrd(format!("remove snapshot {key}"))(s)),
-    }
-}
-
-pub(super) async fn delete_lease(rt: &Runtime, id: &str) -> Result<()> {
-    use containerd_client::services::v1::DeleteRequest;
-    match rt
-        .ctrd
-        .leases()
-        .delete(rt.ctrd.req(DeleteRequest {
-            id: lease_id(id),
-            sync: false,
-        }))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-        Err(s) => Err(ctrd(format!("delete lease of container {id}"))(s)),
-    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,13 @@
 //! What peapod knows of each workload container: the in-memory index served to
 //! List/Status, and the status containerd cannot keep, persisted per container.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cri;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store;
 
 /// containerd label value of `io.peapod.kind` for workload containers.
@@ -239,45 +238,25 @@ pub fn state_file(state_dir: &Path, id: &str) -> PathBuf {
     state_dir.join("containers").join(format!("{id}.json"))
 }
 
+impl store::Indexed for Container {
+    const KIND: &'static str = "container";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// The in-memory index of workload containers.
 #[derive(Default)]
-pub struct Containers {
-    map: RwLock<HashMap<String, Arc<Container>>>,
+pub struct Containers(store::Index<Container>);
+
+impl std::ops::Deref for Containers {
+    type Target = store::Index<Container>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Containers {
-    pub fn insert(&self, c: Arc<Container>) {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(c.id.clone(), c);
-    }
-
-    pub fn remove(&self, id: &str) {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-
-    /// By full id or unique prefix.
-    pub fn get(&self, id_or_prefix: &str) -> Result<Arc<Container>> {
-        let m = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let id = store::resolve_prefix(m.keys(), id_or_prefix, "container")?;
-        m.get(&id)
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("container {id_or_prefix:?} not found")))
-    }
-
-    pub fn all(&self) -> Vec<Arc<Container>> {
-        self.map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
     pub fn in_sandbox(&self, sandbox_id: &str) -> Vec<Arc<Container>> {
         self.all()
             .into_iter()

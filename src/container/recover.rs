@@ -82,8 +82,8 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
             };
             if !known.contains(id) && id::is_valid_ref(id) {
                 let _ = std::fs::remove_file(e.path());
-                let _ = super::lifecycle::remove_snapshot(rt, id).await;
-                let _ = super::lifecycle::delete_lease(rt, id).await;
+                let _ = rt.ctrd.remove_snapshot(&rt.config.snapshotter, id).await;
+                let _ = rt.ctrd.delete_lease(id).await;
                 monitor::remove_fifos(rt, id);
                 tracing::info!(container = %id, "removed leftovers of an unfinished container");
             }

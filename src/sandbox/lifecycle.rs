@@ -6,11 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime as CtrRuntime;
-use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
-use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateRequest as LeaseCreate, DeleteContainerRequest,
-    DeleteRequest as LeaseDelete, ListContainersRequest,
-};
+use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
+use containerd_client::services::v1::{Container, CreateContainerRequest, ListContainersRequest};
 use prost::Message;
 
 use crate::cri;
@@ -23,9 +20,7 @@ use crate::{id, store, task};
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const STOP_KILL_LIMIT: Duration = Duration::from_secs(10);
 
-pub fn lease_id(id: &str) -> String {
-    format!("peapod-{id}")
-}
+pub use crate::containerd::lease_id;
 
 pub fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
     let m = config
@@ -200,13 +195,7 @@ async fn create(
     let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
     let created_at = task::now_ns();
 
-    c.leases()
-        .create(c.req(LeaseCreate {
-            id: lease_id(id),
-            labels: HashMap::new(),
-        }))
-        .await
-        .map_err(ctrd(format!("create lease for sandbox {id}")))?;
+    c.create_lease(id).await?;
     made.lease = true;
 
     if !config.log_directory.is_empty() {
@@ -380,12 +369,12 @@ async fn undo(rt: &Runtime, id: &str, made: Made) {
         }
     }
     if made.container {
-        if let Err(e) = delete_container(rt, id).await {
+        if let Err(e) = rt.ctrd.delete_container(id).await {
             tracing::warn!(sandbox = id, error = %e, "undo: container");
         }
     }
     if made.snapshot {
-        if let Err(e) = remove_snapshot(rt, id).await {
+        if let Err(e) = rt.ctrd.remove_snapshot(&rt.config.snapshotter, id).await {
             tracing::warn!(sandbox = id, error = %e, "undo: snapshot");
         }
     }
@@ -405,7 +394,7 @@ async fn undo(rt: &Runtime, id: &str, made: Made) {
         }
     }
     if made.lease {
-        if let Err(e) = delete_lease(rt, id).await {
+        if let Err(e) = rt.ctrd.delete_lease(id).await {
             tracing::warn!(sandbox = id, error = %e, "undo: lease");
         }
     }
@@ -465,59 +454,16 @@ pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
     stop_locked(rt, &sb).await?;
     rt.remove_pod_containers(&sb.id).await?;
     task::delete(&rt.ctrd, &sb.id).await?;
-    delete_container(rt, &sb.id).await?;
-    remove_snapshot(rt, &sb.id).await?;
-    delete_lease(rt, &sb.id).await?;
+    rt.ctrd.delete_container(&sb.id).await?;
+    rt.ctrd
+        .remove_snapshot(&rt.config.snapshotter, &sb.id)
+        .await?;
+    rt.ctrd.delete_lease(&sb.id).await?;
     files::remove(&sb.dir)?;
     rt.sandboxes.remove(&sb.id);
     rt.names.release(&sb.name, &sb.id);
     tracing::info!(sandbox = %sb.id, "pod sandbox removed");
     Ok(())
-}
-
-async fn delete_container(rt: &Runtime, id: &str) -> Result<()> {
-    match rt
-        .ctrd
-        .containers()
-        .delete(rt.ctrd.req(DeleteContainerRequest { id: id.to_string() }))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-        Err(s) => Err(ctrd(format!("delete container {id}"))(s)),
-    }
-}
-
-async fn remove_snapshot(rt: &Runtime, key: &str) -> Result<()> {
-    match rt
-        .ctrd
-        .snapshots()
-        .remove(rt.ctrd.req(RemoveSnapshotRequest {
-            snapshotter: rt.config.snapshotter.clone(),
-            key: key.to_string(),
-        }))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-        Err(s) => Err(ctrd(format!("remove snapshot {key}"))(s)),
-    }
-}
-
-async fn delete_lease(rt: &Runtime, id: &str) -> Result<()> {
-    match rt
-        .ctrd
-        .leases()
-        .delete(rt.ctrd.req(LeaseDelete {
-            id: lease_id(id),
-            sync: false,
-        }))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-        Err(s) => Err(ctrd(format!("delete lease of sandbox {id}"))(s)),
-    }
 }
 
 /// Rebuilds the sandbox index from containerd and the state directory, reconciles each
@@ -609,8 +555,8 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
                 }
             }
             let _ = files::remove(&dir);
-            let _ = delete_lease(rt, &id).await;
-            let _ = remove_snapshot(rt, &id).await;
+            let _ = rt.ctrd.delete_lease(&id).await;
+            let _ = rt.ctrd.remove_snapshot(&rt.config.snapshotter, &id).await;
             tracing::info!(sandbox = %id, "removed leftovers of an unfinished sandbox");
         }
     }

@@ -7,7 +7,7 @@ pub mod spec;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -202,45 +202,25 @@ pub fn state_file(dir: &Path) -> PathBuf {
     dir.join("state.json")
 }
 
-/// The in-memory index of sandboxes, served to List/Status without containerd round trips.
+impl store::Indexed for Sandbox {
+    const KIND: &'static str = "pod sandbox";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The in-memory index of sandboxes.
 #[derive(Default)]
-pub struct Sandboxes {
-    map: RwLock<HashMap<String, Arc<Sandbox>>>,
+pub struct Sandboxes(store::Index<Sandbox>);
+
+impl std::ops::Deref for Sandboxes {
+    type Target = store::Index<Sandbox>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Sandboxes {
-    pub fn insert(&self, s: Arc<Sandbox>) {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(s.id.clone(), s);
-    }
-
-    pub fn remove(&self, id: &str) {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-
-    /// By full id or unique prefix.
-    pub fn get(&self, id_or_prefix: &str) -> Result<Arc<Sandbox>> {
-        let m = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let id = store::resolve_prefix(m.keys(), id_or_prefix, "pod sandbox")?;
-        m.get(&id).cloned().ok_or_else(|| {
-            crate::error::Error::not_found(format!("pod sandbox {id_or_prefix:?} not found"))
-        })
-    }
-
-    pub fn all(&self) -> Vec<Arc<Sandbox>> {
-        self.map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
     pub fn list(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
         let mut out: Vec<cri::PodSandbox> = self
             .all()

@@ -19,23 +19,6 @@ pub const ANN_SANDBOX_LOG_DIR: &str = "io.kubernetes.cri.sandbox-log-directory";
 /// containerd's CRI plugin gives the pause process -998 so the OOM killer spares it.
 const SANDBOX_OOM_SCORE_ADJ: i32 = -998;
 
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
 pub struct PauseSpecInput<'a> {
     pub id: &'a str,
     pub config: &'a cri::PodSandboxConfig,
@@ -134,7 +117,7 @@ pub fn pause_spec(input: &PauseSpecInput<'_>) -> Result<Value> {
         json!(input.config.log_directory),
     );
 
-    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
+    let caps = json!(crate::spec::security::DEFAULT_CAPABILITIES);
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": input.cgroups_path,
@@ -142,8 +125,8 @@ pub fn pause_spec(input: &PauseSpecInput<'_>) -> Result<Value> {
         "sysctl": sysctl,
     });
     if !privileged {
-        linux["maskedPaths"] = json!(crate::sandbox::spec::MASKED_PATHS);
-        linux["readonlyPaths"] = json!(crate::sandbox::spec::READONLY_PATHS);
+        linux["maskedPaths"] = json!(crate::spec::security::DEFAULT_MASKED_PATHS);
+        linux["readonlyPaths"] = json!(crate::spec::security::DEFAULT_READONLY_PATHS);
     }
     let spec = json!({
         "ociVersion": "1.0.2",
@@ -165,28 +148,6 @@ pub fn pause_spec(input: &PauseSpecInput<'_>) -> Result<Value> {
     });
     Ok(spec)
 }
-
-pub const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-    "/proc/scsi",
-];
-
-pub const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 
 /// The pause container's mounts. A privileged pod's /sys is mounted read-write: sysfs keeps
 /// one superblock per network namespace, and the first mount's read-only flag (the pause's,
@@ -357,6 +318,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s["process"]["oomScoreAdj"], -500);
+        let eff = s["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert!(eff.contains(&json!("CAP_NET_RAW")), "{eff:?}");
+        assert_eq!(eff.len(), 14);
+        assert!(s["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("/proc/kcore")));
         assert_eq!(s["linux"]["cgroupsPath"], "/kubepods/pod1/abc");
         assert_eq!(s["annotations"][ANN_SANDBOX_ID], "abc");
         assert_eq!(s["annotations"][ANN_CONTAINER_TYPE], "sandbox");
