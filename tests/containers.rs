@@ -489,7 +489,20 @@ async fn concurrent_stops_signal_once_and_image_stop_signal_is_used() {
         ..Default::default()
     });
     let usr1 = run(&mut rt, &p, with_volume(c, &data, "/data")).await;
-    for id in [&counted, &usr1] {
+    // The pod's stop signal (CRI stop_signal, kubelet 1.33+) wins over the image's.
+    let mut c = config(
+        "usr2",
+        &format!(
+            "trap 'echo usr2 > /data/marker2; exit 0' USR2; trap 'exit 8' USR1 TERM; {FOREVER}"
+        ),
+    );
+    c.image = Some(ImageSpec {
+        image: "localhost/peapod-test/usr1:1".into(),
+        ..Default::default()
+    });
+    c.stop_signal = Signal::Sigusr2 as i32;
+    let usr2 = run(&mut rt, &p, with_volume(c, &data, "/data")).await;
+    for id in [&counted, &usr1, &usr2] {
         wait_state(&mut rt, id, ContainerState::ContainerRunning, 10).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -515,6 +528,26 @@ async fn concurrent_stops_signal_once_and_image_stop_signal_is_used() {
         std::fs::read_to_string(data.join("count")).unwrap(),
         "got\n",
         "the stop signal was not sent exactly once"
+    );
+
+    assert_eq!(
+        status(&mut rt, &counted).await.stop_signal,
+        Signal::Sigterm as i32
+    );
+    assert_eq!(
+        status(&mut rt, &usr1).await.stop_signal,
+        Signal::Sigusr1 as i32
+    );
+    assert_eq!(
+        status(&mut rt, &usr2).await.stop_signal,
+        Signal::Sigusr2 as i32
+    );
+    stop(&mut rt, &usr2, 20).await;
+    let st = status(&mut rt, &usr2).await;
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("marker2")).unwrap(),
+        "usr2\n"
     );
 
     stop(&mut rt, &usr1, 20).await;

@@ -204,6 +204,9 @@ impl Container {
             }),
             image_id: self.meta.image_id.clone(),
             user: None,
+            stop_signal: crate::container::lifecycle::stop_signal(self)
+                .map(crate::container::lifecycle::cri_signal_value)
+                .unwrap_or(0),
         }
     }
 }
