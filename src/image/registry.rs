@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 use crate::image::auth::Credentials;
 use crate::image::hosts::RegistryHost;
 
+/// The largest manifest or index accepted; distribution refuses to store larger ones.
+const MAX_MANIFEST: usize = 4 << 20;
+
 /// Why a registry request failed, kept structured so the puller can pick the CRI code.
 #[derive(Debug)]
 pub enum RegistryError {
@@ -224,11 +227,22 @@ impl Registry {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|error| RegistryError::Transport { url, error })?;
-        Ok((body, digest))
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|error| RegistryError::Transport {
+                url: url.clone(),
+                error,
+            })?;
+            body.extend_from_slice(&chunk);
+            // Manifests are held in memory whole; a registry must not make that unbounded.
+            if body.len() > MAX_MANIFEST {
+                return Err(RegistryError::Protocol(format!(
+                    "GET {url}: manifest larger than {MAX_MANIFEST} bytes"
+                )));
+            }
+        }
+        Ok((Bytes::from(body), digest))
     }
 
     /// The blob `digest` as a byte stream (redirects to blob storage followed). The caller
