@@ -540,3 +540,74 @@ async fn absent_sandbox_image_is_pulled_by_run_pod_sandbox() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn client_certificates_and_tls_settings_from_hosts_toml() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = registry::TestPki::generate(pki_dir.path());
+    let reg = Registry::start_with(None, Some(&pki));
+    // The operator's layout: the files beside hosts.toml, named relative to it.
+    let host_dir = certs_d(&rig).join(&reg.addr);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    for f in ["ca.pem", "client.pem", "client.key"] {
+        std::fs::copy(pki.path(f), host_dir.join(f)).unwrap();
+    }
+    let mut c = rig.image_client().await;
+    let mut images = Vec::new();
+    for tag in ["tls-a", "tls-b"] {
+        let img = unique_image(&rig, tag, "");
+        reg.push_image("peapod/tls", tag, &img, false).await;
+        images.push(img);
+    }
+    let server = format!("server = \"https://{}\"\n", reg.addr);
+    let hosts = |extra: &str| {
+        registry::write_hosts_toml(&certs_d(&rig), &reg.addr, &format!("{server}{extra}"));
+    };
+    let name = |tag: &str| format!("{}/peapod/tls:{tag}", reg.addr);
+
+    // No client certificate: the registry ends the handshake; the error says so.
+    hosts("ca = \"ca.pem\"\n");
+    let e = pull(&mut c, &name("tls-a"), None).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains(&reg.addr), "{}", e.message());
+    assert!(
+        e.message().contains("client certificate"),
+        "{}",
+        e.message()
+    );
+    assert_nothing_left(&rig, &images[0]);
+
+    // CA and client certificate, as containerd reads them.
+    hosts("ca = \"ca.pem\"\nclient = [[\"client.pem\", \"client.key\"]]\n");
+    assert_eq!(
+        pull(&mut c, &name("tls-a"), None).await.expect("mTLS pull"),
+        images[0].config_digest
+    );
+    assert!(reg.blob_gets(&images[0].layer_digest) >= 1);
+
+    // Neither the CA nor skip_verify: the server certificate cannot be verified.
+    hosts("client = [[\"client.pem\", \"client.key\"]]\n");
+    let e = pull(&mut c, &name("tls-b"), None).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains(&reg.addr), "{}", e.message());
+    assert!(
+        e.message().contains("certificate verification"),
+        "{}",
+        e.message()
+    );
+    assert_nothing_left(&rig, &images[1]);
+
+    // skip_verify instead of the CA; the client certificate is still presented.
+    hosts("skip_verify = true\nclient = [[\"client.pem\", \"client.key\"]]\n");
+    assert_eq!(
+        pull(&mut c, &name("tls-b"), None)
+            .await
+            .expect("skip_verify pull"),
+        images[1].config_digest
+    );
+    assert!(reg.blob_gets(&images[1].layer_digest) >= 1);
+}

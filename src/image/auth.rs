@@ -28,17 +28,6 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-impl Credentials {
-    pub fn to_registry_auth(&self) -> oci_client::secrets::RegistryAuth {
-        match self {
-            Credentials::Basic { username, password } => {
-                oci_client::secrets::RegistryAuth::Basic(username.clone(), password.clone())
-            }
-            Credentials::Bearer(t) => oci_client::secrets::RegistryAuth::Bearer(t.clone()),
-        }
-    }
-}
-
 /// Decodes `auth` (base64 of `user:password`).
 pub fn decode_auth(auth: &str) -> Result<(String, String)> {
     let raw = base64::engine::general_purpose::STANDARD

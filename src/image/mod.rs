@@ -7,6 +7,7 @@ pub mod hosts;
 pub mod inventory;
 pub mod pull;
 pub mod reference;
+pub mod registry;
 pub mod store;
 
 pub use inventory::Inventory;

@@ -1,5 +1,5 @@
 //! PullImage, done by peapod itself so one code path serves containerd 1.6, 1.7 and 2.x:
-//! resolve through the registry (oci-client) using the hosts.toml endpoints, stream the blobs
+//! resolve through the registry (`registry.rs`) using the hosts.toml endpoints, stream the blobs
 //! into containerd's content store under a lease with GC reference labels, unpack the layers
 //! into snapshots by chain id, then create the image records and drop the lease.
 //!
@@ -23,10 +23,6 @@ use containerd_client::services::v1::{
 use containerd_client::types::Descriptor;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{StreamExt, TryStreamExt};
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use sha2::{Digest, Sha256};
 
@@ -36,8 +32,9 @@ use crate::cri;
 use crate::error::{ctrd, Error, Result};
 use crate::image::auth::{self, Credentials};
 use crate::image::content::{self, Writer};
-use crate::image::hosts::{self, RegistryHost};
+use crate::image::hosts;
 use crate::image::reference;
+use crate::image::registry::{Registry, RegistryError};
 use crate::image::store::{self, chain_id};
 
 /// Label containerd's CRI plugin puts on the images it manages; peapod does the same.
@@ -229,23 +226,13 @@ impl Parsed {
         })
     }
 
-    fn oci_ref(&self) -> Reference {
-        match (&self.tag, &self.digest) {
-            (Some(t), Some(d)) => Reference::with_tag_and_digest(
-                self.registry.clone(),
-                self.repository.clone(),
-                t.clone(),
-                d.clone(),
-            ),
-            (_, Some(d)) => {
-                Reference::with_digest(self.registry.clone(), self.repository.clone(), d.clone())
-            }
-            (t, None) => Reference::with_tag(
-                self.registry.clone(),
-                self.repository.clone(),
-                t.clone().unwrap_or_else(|| "latest".into()),
-            ),
-        }
+    /// What to ask the registry for: the digest when there is one (a tag beside it is only
+    /// a name for the record), else the tag.
+    fn reference(&self) -> &str {
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
     }
 }
 
@@ -373,7 +360,7 @@ impl PullJob {
 
     /// The pull proper, under `lease`.
     async fn pull(&self, lease: &str, progress: &Progress, ingests: &Ingests) -> Result<String> {
-        let (client, oref, host, top_bytes, top_digest) = self.resolve(progress).await?;
+        let (client, host, top_bytes, top_digest) = self.resolve(progress).await?;
         progress.tick(top_bytes.len() as u64);
         let mut top_media = media_type_of(&top_bytes);
         let mut manifest_bytes = top_bytes.clone();
@@ -395,7 +382,7 @@ impl PullJob {
                 ))
             })?;
             let (b, _) = client
-                .pull_manifest_raw(&oref.clone_with_digest(d.clone()), &self.auth(), ACCEPT)
+                .manifest(&d, ACCEPT)
                 .await
                 .map_err(|e| registry_error(e, &host, &self.name))?;
             verify(&b, &d)?;
@@ -423,10 +410,20 @@ impl PullJob {
         let config_desc = manifest.config().clone();
         let config_digest = config_desc.digest().to_string();
         let mut config_bytes = Vec::new();
-        client
-            .pull_blob(&oref, config_digest.as_str(), &mut config_bytes)
+        let mut stream = client
+            .blob(&config_digest)
             .await
             .map_err(|e| registry_error(e, &host, &self.name))?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| registry_error(e, &host, &self.name))?;
+            config_bytes.extend_from_slice(&chunk);
+            if config_bytes.len() as u64 > config_desc.size().max(1 << 20) {
+                return Err(Error::internal(format!(
+                    "pull {}: config {config_digest} from {host} is larger than the manifest says",
+                    self.name
+                )));
+            }
+        }
         verify(&config_bytes, &config_digest)?;
         progress.tick(config_bytes.len() as u64);
         let config = ImageConfiguration::from_reader(&config_bytes[..])
@@ -459,7 +456,7 @@ impl PullJob {
         .await?;
 
         // Layers, in parallel, streamed.
-        let (client_ref, oref_ref, host_ref, layers_ref) = (&client, &oref, &host, &layers);
+        let (client_ref, host_ref, layers_ref) = (&client, &host, &layers);
         let diff_ref = &diff_ids;
         let with_source_ref = &with_source;
         futures::stream::iter(0..layers.len())
@@ -467,7 +464,6 @@ impl PullJob {
                 let labels = with_source_ref(content::layer_labels(&diff_ref[i]));
                 self.fetch_layer(
                     client_ref,
-                    oref_ref,
                     host_ref,
                     &layers_ref[i],
                     labels,
@@ -523,19 +519,12 @@ impl PullJob {
         Ok(config_digest)
     }
 
-    fn auth(&self) -> RegistryAuth {
-        self.creds
-            .as_ref()
-            .map(Credentials::to_registry_auth)
-            .unwrap_or(RegistryAuth::Anonymous)
-    }
-
-    /// Finds the first endpoint that resolves the reference; returns its client, the
-    /// reference aimed at it, its name, and the top-level manifest (or index) with digest.
+    /// Finds the first endpoint that resolves the reference; returns its client, its name,
+    /// and the top-level manifest (or index) with digest.
     async fn resolve(
         &self,
         progress: &Progress,
-    ) -> Result<(oci_client::Client, Reference, String, bytes::Bytes, String)> {
+    ) -> Result<(Registry, String, bytes::Bytes, String)> {
         let hosts = hosts::hosts_for(&self.hosts_dir, &self.parsed.registry)?;
         let by_digest = self.parsed.digest.is_some();
         let mut last_err = None;
@@ -543,22 +532,12 @@ impl PullJob {
             if !(h.pull && (h.resolve || by_digest)) {
                 continue;
             }
-            if h.path != "/v2" {
-                tracing::warn!(
-                    host = %h.host,
-                    path = %h.path,
-                    "registry host with an API path other than /v2 is not supported; skipping it"
-                );
-                continue;
-            }
-            if !h.client.is_empty() {
-                tracing::warn!(
-                    host = %h.host,
-                    "client certificates from hosts.toml are not supported by peapod's registry client; \
-                     connecting without them"
-                );
-            }
-            let client = match client_for(&h, self.progress_timeout) {
+            let client = match Registry::new(
+                &h,
+                &self.parsed.repository,
+                self.creds.clone(),
+                self.progress_timeout.min(Duration::from_secs(30)),
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(host = %h.host, error = %e, "registry host unusable");
@@ -566,32 +545,23 @@ impl PullJob {
                     continue;
                 }
             };
-            let mut oref = self.parsed.oci_ref();
-            if h.host != self.parsed.registry {
-                oref.set_mirror_registry(h.host.clone());
-            }
-            let auth = self.auth();
-            let res = async {
-                client
-                    .auth(&oref, &auth, RegistryOperation::Pull)
-                    .await
-                    .map_err(|e| registry_error(e, &h.host, &self.name))?;
-                progress.tick(0);
-                client
-                    .pull_manifest_raw(&oref, &auth, ACCEPT)
-                    .await
-                    .map_err(|e| registry_error(e, &h.host, &self.name))
-            }
-            .await;
+            progress.tick(0);
+            let res = client
+                .manifest(self.parsed.reference(), ACCEPT)
+                .await
+                .map_err(|e| registry_error(e, &h.host, &self.name));
             match res {
-                Ok((bytes, digest)) => {
-                    let digest = match &self.parsed.digest {
-                        Some(d) => d.clone(),
-                        None => digest,
+                Ok((bytes, reported)) => {
+                    // A digest reference is what the bytes must hash to; for a tag, the
+                    // registry's Docker-Content-Digest is checked, or the bytes define it.
+                    let digest = match (&self.parsed.digest, reported) {
+                        (Some(d), _) => d.clone(),
+                        (None, Some(r)) => r,
+                        (None, None) => format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
                     };
                     verify(&bytes, &digest)?;
                     tracing::info!(image = %self.name, host = %h.host, digest = %digest, "resolved");
-                    return Ok((client, oref, h.host.clone(), bytes, digest));
+                    return Ok((client, h.host.clone(), bytes, digest));
                 }
                 Err(e) => {
                     if !h.is_server {
@@ -649,8 +619,7 @@ impl PullJob {
     #[allow(clippy::too_many_arguments)]
     async fn fetch_layer(
         &self,
-        client: &oci_client::Client,
-        oref: &Reference,
+        client: &Registry,
         host: &str,
         layer: &oci_spec::image::Descriptor,
         labels: HashMap<String, String>,
@@ -674,29 +643,31 @@ impl PullJob {
             .insert(r.clone());
         let mut w = Writer::open(&self.ctrd, lease, &r).await?;
         let mut stream = client
-            .pull_blob_stream(oref, digest.as_str())
+            .blob(&digest)
             .await
-            .map_err(|e| registry_error(e, host, &self.name))?
-            .stream;
+            .map_err(|e| registry_error(e, host, &self.name))?;
         let mut n = 0u64;
+        let mut hasher = Sha256::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
-                let msg = e.to_string();
-                if msg.to_ascii_lowercase().contains("digest") {
-                    Error::internal(format!(
-                        "pull {}: layer {digest} from {host} does not match its digest: {msg}",
-                        self.name
-                    ))
-                } else {
-                    Error::Unavailable(format!(
-                        "pull {}: reading layer {digest} from {host}: {msg}",
-                        self.name
-                    ))
-                }
+                Error::Unavailable(format!(
+                    "pull {}: reading layer {digest} from {host}: {e}",
+                    self.name
+                ))
             })?;
             n += chunk.len() as u64;
             progress.tick(chunk.len() as u64);
+            hasher.update(&chunk);
             w.write(&chunk).await?;
+        }
+        // Checked here rather than left to containerd's commit, so the error names the
+        // registry that sent the bad bytes.
+        let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if digest.starts_with("sha256:") && got != digest {
+            return Err(Error::internal(format!(
+                "pull {}: layer {digest} from {host} does not match its digest (got {got}, {n} bytes)",
+                self.name
+            )));
         }
         w.commit(n as i64, &digest, labels).await.map_err(|e| {
             if n != layer.size() {
@@ -881,31 +852,6 @@ fn ingest_ref(digest: &str) -> String {
     format!("peapod-pull-{digest}")
 }
 
-fn client_for(h: &RegistryHost, progress_timeout: Duration) -> Result<oci_client::Client> {
-    let mut extra = Vec::new();
-    for ca in &h.ca {
-        let data = std::fs::read(ca)
-            .map_err(|e| Error::invalid(format!("CA file {} for {}: {e}", ca.display(), h.host)))?;
-        extra.push(Certificate {
-            encoding: CertificateEncoding::Pem,
-            data,
-        });
-    }
-    let cfg = ClientConfig {
-        protocol: if h.plain_http() {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        },
-        accept_invalid_certificates: h.skip_verify,
-        extra_root_certificates: extra,
-        connect_timeout: Some(progress_timeout.min(Duration::from_secs(30))),
-        user_agent: concat!("peapod/", env!("CARGO_PKG_VERSION")),
-        ..Default::default()
-    };
-    Ok(oci_client::Client::new(cfg))
-}
-
 fn verify(data: &[u8], digest: &str) -> Result<()> {
     let Some(hex_want) = digest.strip_prefix("sha256:") else {
         return Err(Error::invalid(format!(
@@ -941,53 +887,58 @@ fn is_index(media: &str, bytes: &[u8]) -> bool {
                 .unwrap_or(false))
 }
 
-/// Maps a registry client error to what kubelet should see, naming the host.
-fn registry_error(e: OciDistributionError, host: &str, name: &str) -> Error {
+/// Maps a registry client error to what kubelet should see, naming the host and saying
+/// which hosts.toml setting is likely at fault.
+fn registry_error(e: RegistryError, host: &str, name: &str) -> Error {
     match &e {
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => Error::PermissionDenied(format!(
+        RegistryError::Unauthorized { .. } => Error::PermissionDenied(format!(
             "pull {name}: registry {host} refused access (unauthorized): check the pull \
              credentials (AuthConfig or registry_credentials_file): {e}"
         )),
-        OciDistributionError::ImageManifestNotFoundError(_) => {
-            Error::not_found(format!("pull {name}: not found at {host}: {e}"))
-        }
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes = format!("{:?}", envelope.errors).to_ascii_lowercase();
-            if codes.contains("unauthorized") || codes.contains("denied") {
+        RegistryError::Status { status, codes, .. } => {
+            let codes = codes.join(",").to_ascii_lowercase();
+            if matches!(status, 401 | 403)
+                || codes.contains("unauthorized")
+                || codes.contains("denied")
+            {
                 Error::PermissionDenied(format!(
                     "pull {name}: registry {host} denied access: check the pull credentials: {e}"
                 ))
-            } else if codes.contains("unknown") {
-                Error::not_found(format!(
-                    "pull {name}: repository or tag not found at {host}: {e}"
-                ))
+            } else if *status == 404 || codes.contains("unknown") {
+                Error::not_found(format!("pull {name}: not found at {host}: {e}"))
             } else {
                 Error::Unavailable(format!("pull {name}: registry {host}: {e}"))
             }
         }
-        OciDistributionError::ServerError { code, .. } => match code {
-            401 | 403 => {
-                Error::PermissionDenied(format!("pull {name}: registry {host} denied access: {e}"))
+        RegistryError::Transport { .. } => {
+            let msg = e.to_string();
+            let lower = msg.to_ascii_lowercase();
+            if lower.contains("certificaterequired")
+                || lower.contains("certificate required")
+                || lower.contains("badcertificate")
+                || lower.contains("bad certificate")
+            {
+                Error::Unavailable(format!(
+                    "pull {name}: TLS handshake with registry {host} failed: it requires a \
+                     client certificate it accepts (hosts.toml `client`): {msg}"
+                ))
+            } else if lower.contains("invalid peer certificate")
+                || lower.contains("unknownissuer")
+                || lower.contains("certificate verif")
+            {
+                Error::Unavailable(format!(
+                    "pull {name}: certificate verification of registry {host} failed: trust its \
+                     CA with hosts.toml `ca` (or set `skip_verify = true`): {msg}"
+                ))
+            } else {
+                Error::Unavailable(format!(
+                    "pull {name}: registry {host} is unreachable: {msg}"
+                ))
             }
-            404 => Error::not_found(format!("pull {name}: not found at {host}: {e}")),
-            _ => Error::Unavailable(format!("pull {name}: registry {host}: {e}")),
-        },
-        OciDistributionError::RequestError(re) => {
-            let mut msg = re.to_string();
-            let mut src = std::error::Error::source(re);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            Error::Unavailable(format!(
-                "pull {name}: registry {host} is unreachable: {msg}"
-            ))
         }
-        OciDistributionError::DigestError(_) => Error::internal(format!(
-            "pull {name}: content from {host} does not match its digest: {e}"
-        )),
-        _ => Error::Unavailable(format!("pull {name}: registry {host}: {e}")),
+        RegistryError::Protocol(_) => {
+            Error::Unavailable(format!("pull {name}: registry {host}: {e}"))
+        }
     }
 }
 
@@ -1062,7 +1013,6 @@ mod tests {
         assert_eq!(p.repository, "x/y");
         assert_eq!(p.tag, None);
         assert_eq!(p.digest.as_deref(), Some(d.as_str()));
-        assert_eq!(p.oci_ref().digest(), Some(d.as_str()));
     }
 
     #[test]
@@ -1075,20 +1025,35 @@ mod tests {
     #[test]
     fn errors_map_to_clear_codes() {
         let e = registry_error(
-            OciDistributionError::UnauthorizedError { url: "u".into() },
-            "r.io",
-            "r.io/x:1",
-        );
-        assert!(matches!(e, Error::PermissionDenied(ref m) if m.contains("r.io")));
-        let e = registry_error(
-            OciDistributionError::ServerError {
-                code: 404,
+            RegistryError::Unauthorized {
                 url: "u".into(),
-                message: "m".into(),
+                detail: "d".into(),
             },
             "r.io",
             "r.io/x:1",
         );
+        assert!(matches!(e, Error::PermissionDenied(ref m) if m.contains("r.io")));
+        let status = |status, codes: &[&str]| RegistryError::Status {
+            status,
+            url: "u".into(),
+            codes: codes.iter().map(|c| c.to_string()).collect(),
+            message: "m".into(),
+        };
+        let e = registry_error(status(404, &["MANIFEST_UNKNOWN"]), "r.io", "r.io/x:1");
         assert!(matches!(e, Error::NotFound(ref m) if m.contains("r.io/x:1")));
+        let e = registry_error(status(400, &["NAME_UNKNOWN"]), "r.io", "r.io/x:1");
+        assert!(matches!(e, Error::NotFound(_)));
+        let e = registry_error(status(403, &["DENIED"]), "r.io", "r.io/x:1");
+        assert!(matches!(e, Error::PermissionDenied(_)));
+        let e = registry_error(status(503, &[]), "r.io", "r.io/x:1");
+        assert!(matches!(e, Error::Unavailable(_)));
+    }
+
+    #[test]
+    fn references_ask_for_the_digest_first() {
+        let d = format!("sha256:{}", "b".repeat(64));
+        let p = Parsed::new(&format!("r.io/a:1@{d}")).unwrap();
+        assert_eq!(p.reference(), d);
+        assert_eq!(Parsed::new("r.io/a:1").unwrap().reference(), "1");
     }
 }

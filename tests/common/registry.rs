@@ -12,6 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct Registry {
     /// `127.0.0.1:<port>`.
     pub addr: String,
+    /// `http` or, with TLS, `https`.
+    pub scheme: &'static str,
+    /// Client for pushes: trusts the test CA and presents the client certificate.
+    http: reqwest::Client,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
     pub auth: Option<(String, String)>,
@@ -26,9 +30,74 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A throwaway PKI: a CA, a server certificate for 127.0.0.1 and a client certificate,
+/// as PEM files in `dir`.
+pub struct TestPki {
+    pub dir: PathBuf,
+}
+
+impl TestPki {
+    pub fn generate(dir: &std::path::Path) -> TestPki {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(vec![]).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "peapod test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf = |sans: Vec<String>, cn: &str, usage: rcgen::ExtendedKeyUsagePurpose| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(sans).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            p.extended_key_usages = vec![usage];
+            (
+                p.signed_by(&key, &issuer).unwrap().pem(),
+                key.serialize_pem(),
+            )
+        };
+        let (server, server_key) = leaf(
+            vec!["127.0.0.1".into()],
+            "127.0.0.1",
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client, client_key) = leaf(
+            vec![],
+            "peapod test client",
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        for (name, pem) in [
+            ("ca.pem", ca_cert.pem()),
+            ("server.pem", server),
+            ("server.key", server_key),
+            ("client.pem", client),
+            ("client.key", client_key),
+        ] {
+            std::fs::write(dir.join(name), pem).unwrap();
+        }
+        TestPki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap()
+    }
+}
+
 impl Registry {
     /// Starts a registry; with `auth`, every request needs that user and password.
     pub fn start(auth: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(auth, None)
+    }
+
+    /// Starts a registry; with `tls`, it serves HTTPS with the PKI's server certificate and
+    /// requires a client certificate signed by its CA.
+    pub fn start_with(auth: Option<(&str, &str)>, tls: Option<&TestPki>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("peapod-registry-")
             .tempdir_in("/var/tmp")
@@ -41,6 +110,14 @@ impl Registry {
              http:\n  addr: {addr}\n  secret: peapod-test\n",
             dir.path().join("data").display()
         );
+        if let Some(pki) = tls {
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+                pki.path("server.pem").display(),
+                pki.path("server.key").display(),
+                pki.path("ca.pem").display()
+            ));
+        }
         if let Some((u, p)) = auth {
             let hash = bcrypt::hash_with_result(p, 5)
                 .unwrap()
@@ -73,8 +150,24 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        let http = match tls {
+            None => reqwest::Client::new(),
+            Some(pki) => {
+                let mut id = pki.read("client.pem");
+                id.extend(pki.read("client.key"));
+                reqwest::Client::builder()
+                    .tls_certs_only(
+                        reqwest::Certificate::from_pem_bundle(&pki.read("ca.pem")).unwrap(),
+                    )
+                    .identity(reqwest::Identity::from_pem(&id).unwrap())
+                    .build()
+                    .unwrap()
+            }
+        };
         Registry {
             addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            http,
             dir,
             log,
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
@@ -92,9 +185,12 @@ impl Registry {
     /// Uploads one blob (monolithic POST+PUT).
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let digest = crate::common::oci::sha256(data);
-        let c = reqwest::Client::new();
+        let c = &self.http;
         let r = self
-            .req(c.post(format!("http://{}/v2/{repo}/blobs/uploads/", self.addr)))
+            .req(c.post(format!(
+                "{}://{}/v2/{repo}/blobs/uploads/",
+                self.scheme, self.addr
+            )))
             .send()
             .await
             .unwrap();
@@ -108,7 +204,7 @@ impl Registry {
         let loc = if loc.starts_with("http") {
             loc
         } else {
-            format!("http://{}{loc}", self.addr)
+            format!("{}://{}{loc}", self.scheme, self.addr)
         };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let r = self
@@ -130,11 +226,11 @@ impl Registry {
         media_type: &str,
         body: &[u8],
     ) -> String {
-        let c = reqwest::Client::new();
+        let c = &self.http;
         let r = self
             .req(c.put(format!(
-                "http://{}/v2/{repo}/manifests/{reference}",
-                self.addr
+                "{}://{}/v2/{repo}/manifests/{reference}",
+                self.scheme, self.addr
             )))
             .header("content-type", media_type)
             .body(body.to_vec())
