@@ -7,49 +7,11 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Rig, BUSYBOX};
+use common::Rig;
 use futures::StreamExt;
-use peapod::cri::runtime_service_client::RuntimeServiceClient;
 use peapod::cri::*;
-use tonic::transport::Channel;
 
-type Client = RuntimeServiceClient<Channel>;
-
-struct Pod {
-    id: String,
-    config: PodSandboxConfig,
-}
-
-async fn pod(rig: &Rig, rt: &mut Client, name: &str) -> Pod {
-    let config = rig.pod_config(name);
-    let id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    Pod { id, config }
-}
-
-fn config(name: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: BUSYBOX.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        labels: [("container".to_string(), name.to_string())].into(),
-        ..Default::default()
-    }
-}
+use common::cri::{config, pod, Client, Pod};
 
 async fn create(rt: &mut Client, pod: &Pod, c: ContainerConfig) -> String {
     rt.create_container(CreateContainerRequest {

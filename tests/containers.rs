@@ -7,52 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{oci, Rig, BUSYBOX};
-use peapod::cri::runtime_service_client::RuntimeServiceClient;
 use peapod::cri::*;
-use tonic::transport::Channel;
 
-type Client = RuntimeServiceClient<Channel>;
-
-struct Pod {
-    id: String,
-    config: PodSandboxConfig,
-    log_dir: PathBuf,
-}
-
-async fn pod(rig: &Rig, rt: &mut Client, name: &str) -> Pod {
-    let config = rig.pod_config(name);
-    let id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    Pod {
-        id,
-        log_dir: PathBuf::from(&config.log_directory),
-        config,
-    }
-}
-
-fn config(name: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: BUSYBOX.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        labels: [("container".to_string(), name.to_string())].into(),
-        ..Default::default()
-    }
-}
+use common::cri::{config, pod, Client, Pod};
 
 fn with_volume(mut c: ContainerConfig, host: &Path, at: &str) -> ContainerConfig {
     c.mounts.push(Mount {
@@ -818,7 +775,7 @@ async fn bad_requests_get_the_right_codes() {
 
     let ghost = Pod {
         id: "f".repeat(64),
-        ..pod_clone(&p)
+        ..p.clone()
     };
     let e = code(try_create(&mut rt, &ghost, config("x", "true")).await);
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
@@ -905,14 +862,6 @@ async fn bad_requests_get_the_right_codes() {
     // Failed creates left nothing behind: only the containers that exist.
     let names: Vec<String> = rig.ctr_list(&["containers", "ls", "-q"]);
     assert_eq!(names.len(), 3, "{names:?}"); // the pause container, dup, noexec
-}
-
-fn pod_clone(p: &Pod) -> Pod {
-    Pod {
-        id: p.id.clone(),
-        config: p.config.clone(),
-        log_dir: p.log_dir.clone(),
-    }
 }
 
 #[tokio::test]

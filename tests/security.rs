@@ -8,20 +8,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{oci, Rig, BUSYBOX, PAUSE};
-use peapod::cri::runtime_service_client::RuntimeServiceClient;
+use common::{oci, Rig, PAUSE};
 use peapod::cri::*;
-use tonic::transport::Channel;
 
-type Client = RuntimeServiceClient<Channel>;
+use common::cri::{config, pod, pod_with, Client, Pod};
 
 /// An edit of a container security context.
 type Edit = Box<dyn Fn(&mut LinuxContainerSecurityContext)>;
-
-struct Pod {
-    id: String,
-    config: PodSandboxConfig,
-}
 
 /// A runtime client once peapod has recovered its state (it answers Unavailable before).
 async fn client(rig: &Rig) -> Client {
@@ -44,30 +37,6 @@ async fn client(rig: &Rig) -> Client {
     }
 }
 
-async fn pod_with(
-    rig: &Rig,
-    rt: &mut Client,
-    name: &str,
-    f: impl FnOnce(&mut PodSandboxConfig),
-) -> Pod {
-    let mut config = rig.pod_config(name);
-    f(&mut config);
-    let id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", rig.peapod_log()))
-        .into_inner()
-        .pod_sandbox_id;
-    Pod { id, config }
-}
-
-async fn pod(rig: &Rig, rt: &mut Client, name: &str) -> Pod {
-    pod_with(rig, rt, name, |_| {}).await
-}
-
 fn pod_sc(c: &mut PodSandboxConfig) -> &mut LinuxSandboxSecurityContext {
     c.linux
         .get_or_insert_with(Default::default)
@@ -79,22 +48,6 @@ fn pod_ns(c: &mut PodSandboxConfig) -> &mut NamespaceOption {
     pod_sc(c)
         .namespace_options
         .get_or_insert_with(Default::default)
-}
-
-fn config(name: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: BUSYBOX.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
 }
 
 /// A container config with a security context edited by `f`.

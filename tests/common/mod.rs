@@ -4,6 +4,7 @@
 //! mounts, bridge, cgroups) is torn down on drop, even when the test failed.
 #![allow(dead_code)]
 
+pub mod cri;
 pub mod oci;
 
 use std::path::{Path, PathBuf};
