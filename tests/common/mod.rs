@@ -39,6 +39,8 @@ pub struct Rig {
     pub extra_peapod_args: Vec<String>,
     /// Leave containerd's own CRI plugin enabled (to test that peapod warns about it).
     pub builtin_cri: bool,
+    /// Appended to containerd's config.toml (e.g. `[plugins."io.containerd.grpc.v1.cri"]`).
+    pub containerd_extra_config: String,
     containerd: Option<Child>,
     peapod: Option<Child>,
 }
@@ -76,6 +78,14 @@ impl Rig {
     }
 
     pub fn containerd_only_with(builtin_cri: bool) -> Rig {
+        let mut rig = Self::prepare(builtin_cri);
+        rig.start_containerd();
+        rig
+    }
+
+    /// Directories and the CNI config, but nothing started: the caller may set
+    /// `containerd_extra_config` and then call `start_containerd`.
+    pub fn prepare(builtin_cri: bool) -> Rig {
         let dir = tempfile::Builder::new()
             .prefix("peapod-e2e-")
             .tempdir_in("/var/tmp")
@@ -85,7 +95,7 @@ impl Rig {
         let tag = (std::process::id() * 7 + seq * 13) % 250;
         let bridge = format!("pp{}x{}", std::process::id() % 100000, seq);
         let subnet_prefix = format!("10.{}.{}", 200 + (seq % 50), tag + 1);
-        let mut rig = Rig {
+        let rig = Rig {
             containerd_socket: d.join("containerd.sock"),
             peapod_socket: d.join("peapod.sock"),
             state_dir: d.join("peapod"),
@@ -98,6 +108,7 @@ impl Rig {
             subnet_prefix,
             extra_peapod_args: Vec::new(),
             builtin_cri,
+            containerd_extra_config: String::new(),
             containerd: None,
             peapod: None,
             dir,
@@ -111,7 +122,6 @@ impl Rig {
             std::fs::create_dir_all(p).unwrap();
         }
         rig.write_cni_config();
-        rig.start_containerd();
         rig
     }
 
@@ -142,7 +152,7 @@ impl Rig {
         .unwrap();
     }
 
-    fn start_containerd(&mut self) {
+    pub fn start_containerd(&mut self) {
         let d = self.dir.path();
         let cfg = format!(
             r#"version = 2
@@ -153,10 +163,12 @@ disabled_plugins = [{disabled}]
   address = "{sock}"
 [ttrpc]
   address = "{sock}.ttrpc"
+{extra}
 "#,
             root = d.join("containerd-root").display(),
             state = d.join("containerd-state").display(),
             sock = self.containerd_socket.display(),
+            extra = self.containerd_extra_config,
             disabled = if self.builtin_cri {
                 ""
             } else {
@@ -276,7 +288,7 @@ disabled_plugins = [{disabled}]
             .append(true)
             .open(self.dir.path().join("peapod.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_peapod"))
+        let child = Command::new(peapod_bin())
             .args(self.peapod_args())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -307,6 +319,14 @@ disabled_plugins = [{disabled}]
         }
     }
 
+    pub fn peapod_pid(&self) -> Option<u32> {
+        self.peapod.as_ref().map(|c| c.id())
+    }
+
+    pub fn containerd_pid(&self) -> Option<u32> {
+        self.containerd.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL: nothing gets a chance to clean up, as in a crash.
     pub fn kill_peapod(&mut self) {
         if let Some(mut c) = self.peapod.take() {
@@ -327,19 +347,7 @@ disabled_plugins = [{disabled}]
     }
 
     pub async fn channel(&self) -> Channel {
-        let path = self.peapod_socket.clone();
-        Endpoint::try_from("http://[::]")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connect to peapod")
+        unix_channel(&self.peapod_socket).await
     }
 
     pub async fn runtime_client(&self) -> RuntimeServiceClient<Channel> {
@@ -437,6 +445,36 @@ disabled_plugins = [{disabled}]
 impl Drop for Rig {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+/// A gRPC channel over the unix socket at `path` (peapod's, or containerd's for its CRI).
+pub async fn unix_channel(path: &Path) -> Channel {
+    let shown = path.display().to_string();
+    let path = path.to_path_buf();
+    Endpoint::try_from("http://[::]")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {shown}: {e}"))
+}
+
+/// The peapod binary to run: $PEAPOD_BIN (examples/bench.rs passes the release build),
+/// else the one cargo built for the integration tests.
+pub fn peapod_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PEAPOD_BIN") {
+        return PathBuf::from(p);
+    }
+    match option_env!("CARGO_BIN_EXE_peapod") {
+        Some(p) => PathBuf::from(p),
+        None => panic!("set PEAPOD_BIN to the peapod binary"),
     }
 }
 
