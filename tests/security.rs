@@ -465,6 +465,37 @@ async fn users_and_groups() {
         let out = output(&rig, &mut rt, &p, c).await;
         assert_eq!(out.trim(), want, "container {name}");
     }
+    // ContainerStatus.user reports the identity the kernel gave the process.
+    let listed = rt
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                label_selector: [("container".to_string(), "supplemental-merge".to_string())]
+                    .into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 1);
+    let user = rt
+        .container_status(ContainerStatusRequest {
+            container_id: listed[0].id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .user
+        .and_then(|u| u.linux)
+        .expect("ContainerStatus.user");
+    assert_eq!((user.uid, user.gid), (1001, 1001));
+    for g in [1, 50, 2000] {
+        assert!(user.supplemental_groups.contains(&g), "{user:?}");
+    }
 
     // The image's USER in each form, and run_as_user over it.
     let forms = [

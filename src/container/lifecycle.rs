@@ -17,6 +17,7 @@ use containerd_client::services::v1::{Container as CtrContainer, CreateContainer
 use prost::Message;
 
 use super::monitor::{self, emit};
+use super::record::ContainerUserIds;
 use super::record::{
     reserved_name, EXT_CONTAINER_CONFIG, EXT_CONTAINER_META, KIND_CONTAINER, LABEL_SANDBOX_ID,
     TYPE_CONTAINER_CONFIG, TYPE_CONTAINER_META,
@@ -147,7 +148,7 @@ async fn create_in(
             .display()
             .to_string()
     };
-    let meta = ContainerMeta {
+    let mut meta = ContainerMeta {
         sandbox_id: sb.id.clone(),
         image: image_name.clone(),
         image_id: image.id.clone(),
@@ -155,6 +156,7 @@ async fn create_in(
         log_path,
         created_at: task::now_ns(),
         image_stop_signal,
+        user: None,
     };
 
     c.create_lease(id).await?;
@@ -199,6 +201,16 @@ async fn create_in(
         target_pid,
         host: &rt.host,
     })?;
+    // The identity the first process starts with, for ContainerStatus.user (kubelet shows
+    // it in the pod status when supplemental groups policy is supported, as peapod says).
+    if let Some(p) = spec.process() {
+        let u = p.user();
+        meta.user = Some(ContainerUserIds {
+            uid: u.uid(),
+            gid: u.gid(),
+            supplemental_groups: u.additional_gids().clone().unwrap_or_default(),
+        });
+    }
     let spec_bytes =
         serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encode spec: {e}")))?;
     let meta_bytes =

@@ -35,6 +35,16 @@ pub struct ContainerMeta {
     pub created_at: i64,
     /// The image's STOPSIGNAL, recorded at create (the CRI stop_signal wins when set).
     pub image_stop_signal: String,
+    /// uid, gid and supplemental groups of the container's first process.
+    #[serde(default)]
+    pub user: Option<ContainerUserIds>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerUserIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub supplemental_groups: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -203,7 +213,17 @@ impl Container {
                 windows: None,
             }),
             image_id: self.meta.image_id.clone(),
-            user: None,
+            user: self.meta.user.as_ref().map(|u| cri::ContainerUser {
+                linux: Some(cri::LinuxContainerUser {
+                    uid: i64::from(u.uid),
+                    gid: i64::from(u.gid),
+                    supplemental_groups: u
+                        .supplemental_groups
+                        .iter()
+                        .map(|&g| i64::from(g))
+                        .collect(),
+                }),
+            }),
             stop_signal: crate::container::lifecycle::stop_signal(self)
                 .map(crate::container::lifecycle::cri_signal_value)
                 .unwrap_or(0),
