@@ -155,6 +155,14 @@ impl Runtime {
     /// Rebuilds the in-memory index from containerd and the state directory after a start.
     /// containerd may be down: then recovery is retried until it answers.
     pub async fn recover(self: &Arc<Self>) {
+        // No ExecSync outlives the peapod that served it: its FIFOs are leftovers (the shim
+        // keeps its own descriptors, so a still-running exec process is not disturbed).
+        let exec_dir = self.config.state_dir.join("exec");
+        if let Err(e) = std::fs::remove_dir_all(&exec_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %exec_dir.display(), error = %e, "cannot sweep exec FIFOs");
+            }
+        }
         let mut delay = std::time::Duration::from_millis(200);
         loop {
             // Containers after sandboxes: their events carry their sandbox's status.

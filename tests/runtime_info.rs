@@ -223,7 +223,15 @@ async fn second_peapod_on_a_live_socket_refuses_and_stale_socket_is_replaced() {
     // SIGKILL leaves the socket file behind; a new peapod replaces it.
     rig.kill_peapod();
     assert!(rig.peapod_socket.exists());
+    // An ExecSync cut off by the crash left its FIFOs; the restart sweeps them.
+    let exec_dir = rig.state_dir.join("exec");
+    std::fs::create_dir_all(&exec_dir).unwrap();
+    std::fs::write(exec_dir.join("deadbeef-stdout"), b"").unwrap();
     rig.start_peapod().await;
+    assert!(
+        !exec_dir.join("deadbeef-stdout").exists(),
+        "stale exec FIFO kept"
+    );
     let mut rt = rig.runtime_client().await;
     rt.version(VersionRequest::default()).await.unwrap();
 
