@@ -33,6 +33,31 @@ async fn version_status_and_runtime_config() {
     assert_eq!(v.runtime_name, "peapod");
     assert_eq!(v.runtime_api_version, "v1");
     assert!(!v.runtime_version.is_empty());
+    // Every RPC is traced at debug level with its sequence number, method and latency, in
+    // plain text (no terminal colour codes in a log file).
+    let traced = common::eventually(Duration::from_secs(5), || {
+        let log = rig.peapod_log();
+        async move {
+            log.lines()
+                .any(|l| {
+                    l.contains("rpc{seq=")
+                        && l.contains("method=Version")
+                        && l.contains("CRI call")
+                        && l.contains("latency_us=")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        traced.is_some(),
+        "no trace of Version in:\n{}",
+        rig.peapod_log()
+    );
+    assert!(
+        !rig.peapod_log().contains('\u{1b}'),
+        "ANSI escapes in the log file"
+    );
 
     let s = rt
         .status(StatusRequest { verbose: true })

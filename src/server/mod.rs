@@ -72,6 +72,8 @@ pub async fn serve(
         .map_err(|e| Error::internal(format!("CRI server: {e}")))
 }
 
+static NEXT_RPC: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Logs every RPC's method, gRPC status and latency at debug level.
 #[derive(Clone)]
 pub struct RpcTrace<S>(S);
@@ -103,24 +105,34 @@ where
             .next()
             .unwrap_or_default()
             .to_string();
-        let fut = self.0.call(req);
-        Box::pin(async move {
-            let start = Instant::now();
-            let res = fut.await;
-            let grpc_status = res
-                .as_ref()
-                .ok()
-                .and_then(|r| r.headers().get("grpc-status"))
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("0")
-                .to_string();
-            tracing::debug!(
-                rpc = %method,
-                grpc_status = %grpc_status,
-                latency_us = start.elapsed().as_micros() as u64,
-                "CRI call"
-            );
-            res
-        })
+        // Everything logged while serving this call carries its sequence number and method,
+        // so one RPC's lines can be picked out of a busy node's log.
+        let seq = NEXT_RPC.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let span = tracing::debug_span!("rpc", seq, method = %method);
+        let fut = {
+            let _entered = span.enter();
+            self.0.call(req)
+        };
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let start = Instant::now();
+                let res = fut.await;
+                let grpc_status = res
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.headers().get("grpc-status"))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_string();
+                tracing::debug!(
+                    rpc = %method,
+                    grpc_status = %grpc_status,
+                    latency_us = start.elapsed().as_micros() as u64,
+                    "CRI call"
+                );
+                res
+            },
+            span,
+        ))
     }
 }
