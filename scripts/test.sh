@@ -28,9 +28,12 @@ read -r passed failed ignored < <(awk '/^test result:/ {
         }
     } END { print p+0, f+0, g+0 }' "$log")
 echo
-say "summary: $passed passed, $failed failed, $ignored ignored in $(( $(date +%s) - start ))s"
+say "$passed passed, $failed failed, $ignored ignored in $(( $(date +%s) - start ))s"
 if [ "$rc" -ne 0 ]; then
     grep -E '^test .* FAILED$|^error' "$log" | sort -u | head -n 50 || true
-    die "tests failed (cargo exit code $rc); full output in $log"
+    warn "tests failed (cargo exit code $rc); full output in $log"
 fi
-say "all tests passed"
+# The last line, plain and alone, is the whole run's tally: cargo's own last "test result"
+# line is a target without tests (an example) and says "0 passed".
+echo "summary: $passed passed, $failed failed, $ignored skipped"
+exit "$rc"
