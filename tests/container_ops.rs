@@ -11,7 +11,7 @@ use common::Rig;
 use futures::StreamExt;
 use peapod::cri::*;
 
-use common::cri::{config, pod, Client, Pod};
+use common::cri::{config, pod, status, Client, Pod};
 
 async fn create(rt: &mut Client, pod: &Pod, c: ContainerConfig) -> String {
     rt.create_container(CreateContainerRequest {
@@ -33,19 +33,6 @@ async fn run(rt: &mut Client, pod: &Pod, c: ContainerConfig) -> String {
     .await
     .expect("StartContainer");
     id
-}
-
-async fn state(rt: &mut Client, id: &str) -> i32 {
-    rt.container_status(ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .expect("ContainerStatus")
-    .into_inner()
-    .status
-    .expect("status")
-    .state
 }
 
 async fn exec(
@@ -117,7 +104,7 @@ async fn exec_sync_returns_output_exit_code_and_runs_like_the_container() {
 
     let done = run(&mut rt, &pod, config("done", "true")).await;
     let start = Instant::now();
-    while state(&mut rt, &done).await != ContainerState::ContainerExited as i32 {
+    while status(&mut rt, &done).await.state != ContainerState::ContainerExited as i32 {
         assert!(start.elapsed() < Duration::from_secs(30), "did not exit");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -152,7 +139,7 @@ async fn exec_sync_timeout_kills_only_the_exec() {
     );
 
     assert_eq!(
-        state(&mut rt, &id).await,
+        status(&mut rt, &id).await.state,
         ContainerState::ContainerRunning as i32
     );
     let r = sh(&mut rt, &id, "echo still here").await;
@@ -471,7 +458,7 @@ async fn update_container_resources_changes_the_cgroup() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     assert_eq!(
-        state(&mut rt, &id).await,
+        status(&mut rt, &id).await.state,
         ContainerState::ContainerRunning as i32
     );
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{oci, Rig, BUSYBOX};
 use peapod::cri::*;
 
-use common::cri::{config, pod, Client, Pod};
+use common::cri::{config, pod, status, Client, Pod};
 
 fn with_volume(mut c: ContainerConfig, host: &Path, at: &str) -> ContainerConfig {
     c.mounts.push(Mount {
@@ -50,18 +50,6 @@ async fn run(rt: &mut Client, pod: &Pod, c: ContainerConfig) -> String {
     let id = create(rt, pod, c).await;
     start(rt, &id).await;
     id
-}
-
-async fn status(rt: &mut Client, id: &str) -> ContainerStatus {
-    rt.container_status(ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .expect("ContainerStatus")
-    .into_inner()
-    .status
-    .unwrap()
 }
 
 async fn stop(rt: &mut Client, id: &str, timeout: i64) {
@@ -117,27 +105,6 @@ fn volume(rig: &Rig, name: &str) -> PathBuf {
     p
 }
 
-/// peapod answers Unavailable until it has recovered its state (Rig::start only waits for
-/// the socket); a loaded machine makes that window visible, so every test waits for it.
-async fn wait_recovered(rig: &Rig) -> Client {
-    let start = Instant::now();
-    loop {
-        let mut rt = rig.runtime_client().await;
-        if rt
-            .list_containers(ListContainersRequest { filter: None })
-            .await
-            .is_ok()
-        {
-            return rt;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "peapod did not recover"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 const FOREVER: &str = "while :; do sleep 0.1; done";
 
 #[tokio::test]
@@ -146,7 +113,7 @@ async fn lifecycle_times_and_exit_codes() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "life").await;
 
     let ok = create(&mut rt, &p, config("ok", "sleep 1; exit 0")).await;
@@ -241,7 +208,7 @@ async fn containers_of_a_pod_share_localhost_and_volumes() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "share").await;
     let www = volume(&rig, "www");
 
@@ -294,7 +261,7 @@ async fn init_containers_run_in_order() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "init").await;
     let work = volume(&rig, "work");
     let first = run(
@@ -334,7 +301,7 @@ async fn stop_waits_for_term_then_kills() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "stop").await;
     let data = volume(&rig, "stop");
 
@@ -420,7 +387,7 @@ async fn concurrent_stops_signal_once_and_image_stop_signal_is_used() {
         },
     );
     rig.import(&usr1.layout_tar);
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "signals").await;
     let data = volume(&rig, "signals");
 
@@ -522,7 +489,7 @@ async fn memory_limit_gives_oomkilled() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "oom").await;
     let mut c = config(
         "hog",
@@ -547,7 +514,7 @@ async fn logs_are_exact_and_follow_reopen() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "logs").await;
     let once = run(
         &mut rt,
@@ -651,7 +618,7 @@ async fn a_pods_containers_share_one_shim() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let a = pod(&rig, &mut rt, "shim-a").await;
     let b = pod(&rig, &mut rt, "shim-b").await;
     for p in [&a, &b] {
@@ -669,14 +636,14 @@ async fn exit_while_peapod_is_down_keeps_the_real_code() {
         return;
     }
     let mut rig = Rig::start().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "down").await;
     let id = run(&mut rt, &p, config("short", "sleep 2; exit 5")).await;
     wait_state(&mut rt, &id, ContainerState::ContainerRunning, 10).await;
     rig.kill_peapod();
     tokio::time::sleep(Duration::from_secs(4)).await;
     rig.start_peapod().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let st = wait_exited(&mut rt, &id).await;
     assert_eq!(st.exit_code, 5);
     assert_eq!(st.reason, "Error");
@@ -689,7 +656,7 @@ async fn restart_loses_no_container() {
         return;
     }
     let mut rig = Rig::start().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "keep").await;
     let created = create(&mut rt, &p, config("created", "echo late")).await;
     let running = run(
@@ -707,7 +674,7 @@ async fn restart_loses_no_container() {
 
     rig.kill_peapod();
     rig.start_peapod().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     assert_eq!(
         status(&mut rt, &created).await.state,
         ContainerState::ContainerCreated as i32
@@ -769,7 +736,7 @@ async fn bad_requests_get_the_right_codes() {
         );
         rig.import(&img.layout_tar);
     }
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "bad").await;
     let code = |r: Result<String, tonic::Status>| r.unwrap_err();
 
@@ -870,7 +837,7 @@ async fn removing_a_pod_removes_its_containers() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = wait_recovered(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "gone").await;
     let running = run(
         &mut rt,

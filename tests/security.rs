@@ -11,31 +11,10 @@ use std::time::{Duration, Instant};
 use common::{oci, Rig, PAUSE};
 use peapod::cri::*;
 
-use common::cri::{config, pod, pod_with, Client, Pod};
+use common::cri::{config, pod, pod_with, status, Client, Pod};
 
 /// An edit of a container security context.
 type Edit = Box<dyn Fn(&mut LinuxContainerSecurityContext)>;
-
-/// A runtime client once peapod has recovered its state (it answers Unavailable before).
-async fn client(rig: &Rig) -> Client {
-    let start = Instant::now();
-    loop {
-        let mut rt = rig.runtime_client().await;
-        if rt
-            .list_containers(ListContainersRequest { filter: None })
-            .await
-            .is_ok()
-        {
-            return rt;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "peapod did not recover:\n{}",
-            rig.peapod_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn pod_sc(c: &mut PodSandboxConfig) -> &mut LinuxSandboxSecurityContext {
     c.linux
@@ -97,18 +76,6 @@ async fn start(rig: &Rig, rt: &mut Client, id: &str) {
     })
     .await
     .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", rig.peapod_log()));
-}
-
-async fn status(rt: &mut Client, id: &str) -> ContainerStatus {
-    rt.container_status(ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .expect("ContainerStatus")
-    .into_inner()
-    .status
-    .unwrap()
 }
 
 async fn wait_exited(rt: &mut Client, id: &str) -> ContainerStatus {
@@ -237,7 +204,7 @@ async fn capabilities_and_no_new_privs() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "caps").await;
 
     let out = output(&rig, &mut rt, &p, config("default", CAPS)).await;
@@ -318,7 +285,7 @@ async fn privileged_and_masked_paths() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
 
     // Unprivileged: masked and read-only paths, read-only /sys, no host devices.
     let p = pod(&rig, &mut rt, "unpriv").await;
@@ -410,7 +377,7 @@ async fn users_and_groups() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "users").await;
 
     let cases: Vec<(&str, Edit, &str)> = vec![
@@ -559,7 +526,7 @@ async fn readonly_rootfs_and_mounts() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "ro").await;
 
     let out = output(
@@ -651,7 +618,7 @@ async fn status_reports_recursive_read_only_support() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let st = rt
         .status(StatusRequest { verbose: false })
         .await
@@ -693,7 +660,7 @@ async fn pid_namespaces() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
 
     // CONTAINER (the default): the container is its own PID 1.
     let p = pod_with(&rig, &mut rt, "pidc", |c| {
@@ -778,7 +745,7 @@ async fn network_and_ipc_namespaces() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
 
     let p = pod(&rig, &mut rt, "nspod").await;
     let a = output(&rig, &mut rt, &p, config("a", NS)).await;
@@ -828,7 +795,7 @@ async fn pod_sysctls() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod_with(&rig, &mut rt, "sysctl", |c| {
         let l = c.linux.get_or_insert_with(Default::default);
         l.sysctls = [
@@ -903,7 +870,7 @@ async fn seccomp_profiles() {
         return;
     }
     let (rig, _root, profile) = rig_with_seccomp_root().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "seccomp").await;
     let script =
         "grep Seccomp: /proc/self/status; hostname changed 2>&1 && echo NAME=$(hostname); \
@@ -977,7 +944,7 @@ async fn resources_in_the_cgroup() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "res").await;
     let own_oom: i64 = host_file("/proc/self/oom_score_adj")
         .trim()
@@ -1009,7 +976,7 @@ async fn update_container_resources() {
         return;
     }
     let rig = Rig::start().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "upd").await;
     let mut c = config("upd", &format!("while :; do {LIMITS}; sleep 0.2; done"));
     c.linux.get_or_insert_with(Default::default).resources =
@@ -1064,7 +1031,7 @@ async fn update_container_resources() {
     let mut rig = rig;
     rig.kill_peapod();
     rig.start_peapod().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let r = status(&mut rt, &id)
         .await
         .resources
@@ -1092,7 +1059,7 @@ async fn bad_input_is_invalid_argument_and_leaves_nothing() {
         return;
     }
     let (rig, _root, _profile) = rig_with_seccomp_root().await;
-    let mut rt = client(&rig).await;
+    let mut rt = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "bad").await;
     let outside = rig.dir.path().join("outside.json");
     std::fs::write(&outside, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();

@@ -483,6 +483,29 @@ fn allow(names: Vec<String>) -> Result<LinuxSyscall> {
         .map_err(oci_err)
 }
 
+/// Allows `name` only when its first argument satisfies `op` against `value` (and `mask`
+/// for a masked comparison).
+fn allow_if_arg0(
+    name: &str,
+    value: u64,
+    mask: Option<u64>,
+    op: LinuxSeccompOperator,
+) -> Result<LinuxSyscall> {
+    let mut arg = LinuxSeccompArgBuilder::default()
+        .index(0usize)
+        .value(value)
+        .op(op);
+    if let Some(m) = mask {
+        arg = arg.value_two(m);
+    }
+    LinuxSyscallBuilder::default()
+        .names(vec![name.to_string()])
+        .action(LinuxSeccompAction::ScmpActAllow)
+        .args(vec![arg.build().map_err(oci_err)?])
+        .build()
+        .map_err(oci_err)
+}
+
 /// peapod's RuntimeDefault profile for a container holding `caps` (its bounding set).
 pub fn default_profile(caps: &Capabilities) -> Result<LinuxSeccomp> {
     let mut syscalls = vec![allow(ALLOWED.iter().map(|s| s.to_string()).collect())?];
@@ -503,37 +526,22 @@ pub fn default_profile(caps: &Capabilities) -> Result<LinuxSeccomp> {
 
     // personality(2): only the harmless personas (PER_LINUX, PER_LINUX32, UNAME26 variants, query).
     for persona in [0x0u64, 0x0008, 0x20000, 0x20008, 0xffff_ffff] {
-        syscalls.push(
-            LinuxSyscallBuilder::default()
-                .names(vec!["personality".to_string()])
-                .action(LinuxSeccompAction::ScmpActAllow)
-                .args(vec![LinuxSeccompArgBuilder::default()
-                    .index(0usize)
-                    .value(persona)
-                    .op(LinuxSeccompOperator::ScmpCmpEq)
-                    .build()
-                    .map_err(oci_err)?])
-                .build()
-                .map_err(oci_err)?,
-        );
+        syscalls.push(allow_if_arg0(
+            "personality",
+            persona,
+            None,
+            LinuxSeccompOperator::ScmpCmpEq,
+        )?);
     }
 
     if !caps.contains(&Capability::SysAdmin) {
         // clone without any CLONE_NEW* flag (x86/arm: flags are argument 0).
-        syscalls.push(
-            LinuxSyscallBuilder::default()
-                .names(vec!["clone".to_string()])
-                .action(LinuxSeccompAction::ScmpActAllow)
-                .args(vec![LinuxSeccompArgBuilder::default()
-                    .index(0usize)
-                    .value(0u64)
-                    .value_two(CLONE_NS_FLAGS)
-                    .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
-                    .build()
-                    .map_err(oci_err)?])
-                .build()
-                .map_err(oci_err)?,
-        );
+        syscalls.push(allow_if_arg0(
+            "clone",
+            0,
+            Some(CLONE_NS_FLAGS),
+            LinuxSeccompOperator::ScmpCmpMaskedEq,
+        )?);
         syscalls.push(
             LinuxSyscallBuilder::default()
                 .names(vec!["clone3".to_string()])

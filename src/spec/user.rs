@@ -60,14 +60,7 @@ impl UserDb {
         let users = passwd
             .lines()
             .filter_map(|line| {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    return None;
-                }
-                let f: Vec<&str> = line.split(':').collect();
-                if f.len() < 4 || f[0].is_empty() {
-                    return None;
-                }
+                let f = fields(line, 4)?;
                 Some(PasswdEntry {
                     name: f[0].to_string(),
                     uid: f[2].parse().ok()?,
@@ -78,14 +71,7 @@ impl UserDb {
         let groups = group
             .lines()
             .filter_map(|line| {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    return None;
-                }
-                let f: Vec<&str> = line.split(':').collect();
-                if f.len() < 3 || f[0].is_empty() {
-                    return None;
-                }
+                let f = fields(line, 3)?;
                 let members = f
                     .get(3)
                     .map(|m| {
@@ -301,6 +287,17 @@ pub(crate) fn resolve_in_root(root: &Path, rel: &Path) -> Option<PathBuf> {
         }
     }
     Some(root.join(resolved))
+}
+
+/// The `:`-separated fields of a passwd/group line with at least `min` fields and a name;
+/// None for blank, comment and malformed lines.
+fn fields(line: &str, min: usize) -> Option<Vec<&str>> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let f: Vec<&str> = line.split(':').collect();
+    (f.len() >= min && !f[0].is_empty()).then_some(f)
 }
 
 #[cfg(test)]

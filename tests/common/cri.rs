@@ -64,3 +64,15 @@ pub fn config(name: &str, script: &str) -> ContainerConfig {
         ..Default::default()
     }
 }
+
+pub async fn status(rt: &mut Client, id: &str) -> ContainerStatus {
+    rt.container_status(ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("ContainerStatus")
+    .into_inner()
+    .status
+    .expect("ContainerStatus.status")
+}
