@@ -195,7 +195,12 @@ pub async fn delete(c: &Containerd, id: &str) -> Result<Option<Exit>> {
             }))
         }
         Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-        Err(s) => Err(ctrd(format!("delete task {id}"))(s)),
+        // A concurrent delete of the same task (the exit monitor's, say) can win, and the
+        // shim then exits under this one ("ttrpc: closed"): if the task is gone, so be it.
+        Err(s) => match state(c, id).await {
+            Ok(State::Absent) => Ok(None),
+            _ => Err(ctrd(format!("delete task {id}"))(s)),
+        },
     }
 }
 
