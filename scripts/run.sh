@@ -109,7 +109,7 @@ CONF
 }
 
 import_pause_image() {
-    if ctr_ images ls -q | grep -qxF "$PAUSE_IMAGE"; then
+    if grep -qxF "$PAUSE_IMAGE" <<<"$(ctr_ images ls -q)"; then
         say "pause image $PAUSE_IMAGE already imported"
         return
     fi

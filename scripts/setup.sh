@@ -43,7 +43,10 @@ else
     apt-get update
     for p in "${missing[@]}"; do
         # Fail early and clearly if this is not a Debian 12 archive.
-        apt-cache policy "$p" | grep -q 'Candidate: [^(]' \
+        # Capture first: `apt-cache ... | grep -q` under pipefail fails when grep exits at
+        # its first match and apt-cache dies of SIGPIPE.
+        policy=$(apt-cache policy "$p")
+        grep -q 'Candidate: [^(]' <<<"$policy" \
             || die "package $p has no installation candidate (is this Debian 12 with apt sources set?)"
     done
     apt-get install -y "${packages[@]}"
