@@ -262,6 +262,21 @@ async fn runtime_info_and_a_pod_lifecycle() {
             .display()
             .to_string()
     );
+    // .info, as operators script against it: the pid shares the pause process's namespaces.
+    let info = &i["info"];
+    assert_eq!(info["sandboxID"], pod.as_str(), "{i}");
+    assert_eq!(
+        info["runtimeSpec"]["process"]["args"][2],
+        script.as_str(),
+        "{i}"
+    );
+    let pid = info["pid"].as_u64().unwrap_or(0);
+    let pause_pid = p["info"]["pid"].as_u64().unwrap_or(0);
+    assert!(pid > 0 && pause_pid > 0, "pids {pid} / {pause_pid}");
+    for ns in ["net", "uts", "ipc"] {
+        let link = |pid: u64| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_eq!(link(pid), link(pause_pid), "{ns} namespace of .info.pid");
+    }
     // Short ids work as crictl users type them.
     assert_eq!(
         crictl.json(&["inspect", "-o", "json", &worker[..12]])["status"]["id"],

@@ -1,12 +1,13 @@
 //! Workload containers: the record and index (`record`), stdio FIFOs (`io`), the CRI log
 //! writer (`logs`), the lifecycle RPCs (`lifecycle`), exit monitoring and events (`monitor`),
 //! recovery after a restart (`recover`), reading the image's users (`rootfs`), ExecSync
-//! (`exec`), resource updates (`update`), stats (`stats`, over `cgroup`) and the event stream
-//! (`events`).
+//! (`exec`), resource updates (`update`), stats (`stats`, over `cgroup`), the event stream
+//! (`events`) and the verbose status (`inspect`).
 
 pub mod cgroup;
 pub mod events;
 pub mod exec;
+pub mod inspect;
 pub mod io;
 pub mod lifecycle;
 pub mod logs;
