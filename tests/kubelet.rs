@@ -810,14 +810,33 @@ async fn kubelet_runs_pods_through_peapod() {
     if !cx.kubelet.alive() {
         failures.push("kubelet exited during the test".into());
     }
-    assert!(
-        failures.is_empty(),
-        "{} scenario(s) failed:\n  {}\n--- kubelet log (tail):\n{}\n--- peapod log (tail):\n{}",
+    if failures.is_empty() {
+        return;
+    }
+    let kept = keep_logs(&cx);
+    panic!(
+        "{} scenario(s) failed:\n  {}\n--- kubelet log (tail):\n{}\n--- peapod log (tail):\n{}\n\
+         --- full logs: {kept}",
         failures.len(),
         failures.join("\n  "),
         cx.kubelet.log_tail(40),
-        tail(&cx.rig.peapod_log(), 40)
+        tail(&cx.rig.peapod_log(), 40),
     );
+}
+
+/// Copies kubelet's and peapod's logs out of the temporary directories that teardown
+/// removes, into `target/e2e-logs/`; returns where (or why not).
+fn keep_logs(cx: &Ctx) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/e2e-logs")
+        .join(&cx.kubelet.node);
+    let r = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(dir.join("kubelet.log"), cx.kubelet.log()))
+        .and_then(|_| std::fs::write(dir.join("peapod.log"), cx.rig.peapod_log()));
+    match r {
+        Ok(()) => dir.display().to_string(),
+        Err(e) => format!("not kept ({}: {e})", dir.display()),
+    }
 }
 
 async fn gone_from_peapod<'a>(cx: &Ctx, names: impl Iterator<Item = &'a String>) -> Check {

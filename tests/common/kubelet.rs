@@ -168,11 +168,16 @@ impl Kubelet {
             "failSwapOn": false,
             "makeIPTablesUtilChains": false,
             "protectKernelDefaults": false,
+            // "0%" switches a signal off (kubelet ignores 0% thresholds; a partial map would
+            // leave the others at their defaults). The disks of shared test machines fill and
+            // empty as other jobs run, and under disk pressure kubelet deletes "unused"
+            // images, the test images among them, then refuses every pod (ErrImageNeverPull).
             "evictionHard": {
-                "memory.available": "1Mi",
-                "nodefs.available": "1%",
-                "nodefs.inodesFree": "1%",
-                "imagefs.available": "1%",
+                "memory.available": "0%",
+                "nodefs.available": "0%",
+                "nodefs.inodesFree": "0%",
+                "imagefs.available": "0%",
+                "imagefs.inodesFree": "0%",
             },
             // The test images must survive: never garbage-collect images.
             "imageGCHighThresholdPercent": 100,
