@@ -716,6 +716,15 @@ async fn check_resources(cx: &Ctx) -> Check {
     Ok(())
 }
 
+/// kubelet's main port answers an anonymous client (what exec/port-forward tests need).
+async fn check_main_port(cx: &Ctx) -> Check {
+    let (status, body) = cx.kubelet.main_port_get("/pods").await?;
+    ensure!(status == 200, "GET /pods on the main port: {status} {body}");
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("/pods: {e}"))?;
+    ensure!(v["kind"] == "PodList", "GET /pods on the main port: {body}");
+    Ok(())
+}
+
 /// Seconds from each manifest written to its pod's first container running (peapod's
 /// started_at), from peapod's STARTED events.
 fn start_latencies(cx: &Ctx, written: &HashMap<String, SystemTime>) -> Vec<f64> {
@@ -765,7 +774,7 @@ async fn kubelet_runs_pods_through_peapod() {
     }
     let results: Vec<(&str, Check)> = {
         let c = &cx;
-        let (a, b, d, e, f, g, h) = tokio::join!(
+        let (a, b, d, e, f, g, h, i) = tokio::join!(
             check_init_order(c),
             check_pair(c),
             check_exit3(c),
@@ -773,6 +782,7 @@ async fn kubelet_runs_pods_through_peapod() {
             check_liveness(c),
             check_termination(c),
             check_resources(c),
+            check_main_port(c),
         );
         vec![
             ("init containers in order", a),
@@ -782,17 +792,19 @@ async fn kubelet_runs_pods_through_peapod() {
             ("exec liveness probe", f),
             ("grace period and preStop", g),
             ("cpu/memory in the cgroup", h),
+            ("kubelet's main port, anonymous", i),
         ]
     };
     let lat = start_latencies(&cx, &written);
     if !lat.is_empty() {
-        eprintln!(
-            "kubelet: manifest written → first container running: median {:.2}s over {} pods (min {:.2}s, max {:.2}s)",
+        common::bins::loud(&format!(
+            "kubelet: manifest written → first container running: median {:.2}s over {} pods \
+             (min {:.2}s, max {:.2}s; informational)",
             lat[lat.len() / 2],
             lat.len(),
             lat[0],
             lat[lat.len() - 1]
-        );
+        ));
     }
     // Everything removed: kubelet stops the pods, then deletes their containers and
     // sandboxes from peapod.

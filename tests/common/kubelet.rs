@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use super::bins::free_port;
+use super::bins::{free_port, loud};
 use super::{unmount_under, Rig, PAUSE};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -258,6 +258,25 @@ impl Kubelet {
             .find(|p| p["metadata"]["name"] == full.as_str())
     }
 
+    /// GET `path` on kubelet's main (HTTPS) port, where `/exec`, `/attach` and
+    /// `/portforward` live, as an anonymous client: (status, body). The serving certificate
+    /// is the self-signed one kubelet made in its cert dir.
+    pub async fn main_port_get(&self, path: &str) -> Result<(u16, String), String> {
+        let url = format!("https://127.0.0.1:{}{path}", self.port);
+        let c = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let r = c
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = r.status().as_u16();
+        Ok((status, r.text().await.unwrap_or_default()))
+    }
+
     /// Whether kubelet is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -316,7 +335,9 @@ impl Drop for Kubelet {
             std::thread::sleep(Duration::from_millis(100));
         }
         if !leftovers.is_empty() {
-            eprintln!("kubelet teardown: cgroups left behind: {leftovers:?}");
+            loud(&format!(
+                "kubelet teardown: cgroups left behind: {leftovers:?}"
+            ));
         }
         unmount_under(self.dir.path());
         remove_log_entries(&self.namespace);
@@ -330,7 +351,7 @@ impl Drop for Kubelet {
         for (p, v) in &self.saved_tunables {
             if std::fs::read_to_string(p).is_ok_and(|now| now.trim() != v) {
                 if let Err(e) = std::fs::write(p, v) {
-                    eprintln!("kubelet teardown: restore {}: {e}", p.display());
+                    loud(&format!("kubelet teardown: restore {}: {e}", p.display()));
                 }
             }
         }
