@@ -522,12 +522,10 @@ async fn check_crashloop(cx: &Ctx) -> Check {
 /// A failing exec liveness probe restarts the container: it answers TERM with exit 42, so
 /// the exit code tells that kubelet stopped it (it never exits on its own).
 fn liveness(cx: &Ctx) -> Value {
-    let mut c = container(
-        "c",
-        &format!("touch /tmp/healthy; {}", until_term("exit 42")),
-    );
+    let mut c = container("c", &until_term("exit 42"));
+    // Healthy until the test marks it otherwise: no race with the container's own start.
     c["livenessProbe"] = json!({
-        "exec": {"command": ["cat", "/tmp/healthy"]},
+        "exec": {"command": ["sh", "-c", "[ ! -e /tmp/unhealthy ]"]},
         "periodSeconds": 1,
         "failureThreshold": 1,
     });
@@ -541,8 +539,8 @@ async fn check_liveness(cx: &Ctx) -> Check {
     let c = cstatus(&p, "c").ok_or("no status for c")?;
     ensure!(c["restartCount"] == 0, "restarted while healthy: {c}");
     let id = cid(&p, "c")?;
-    let (code, _) = cx.exec(&id, &["rm", "/tmp/healthy"]).await?;
-    ensure!(code == 0, "rm /tmp/healthy: exit {code}");
+    let (code, _) = cx.exec(&id, &["touch", "/tmp/unhealthy"]).await?;
+    ensure!(code == 0, "touch /tmp/unhealthy: exit {code}");
     let p = cx
         .wait_pod("liveness", "a restart after the probe failed", LIMIT, |p| {
             cstatus(p, "c").is_some_and(|c| c["restartCount"].as_u64() >= Some(1))
