@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Driver;
 use crate::error::{Error, Result};
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/peapod/config.toml";
@@ -35,7 +36,7 @@ pub struct Config {
     /// Image of each pod's infra (pause) container.
     pub sandbox_image: String,
     /// cgroup driver: "cgroupfs" or "systemd"; must match kubelet's --cgroup-driver.
-    pub cgroup_driver: String,
+    pub cgroup_driver: Driver,
     /// containerd-style registry host configuration directory (<dir>/<host>/hosts.toml).
     pub registry_config_dir: PathBuf,
     /// Optional credentials file (docker config.json format) used when a pull has no AuthConfig.
@@ -69,7 +70,7 @@ impl Default for Config {
             cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             netns_dir: "/var/run/netns".into(),
             sandbox_image: "registry.k8s.io/pause:3.10".into(),
-            cgroup_driver: "cgroupfs".into(),
+            cgroup_driver: Driver::Cgroupfs,
             registry_config_dir: "/etc/containerd/certs.d".into(),
             registry_credentials_file: None,
             image_pull_progress_timeout_secs: 300,
@@ -171,7 +172,6 @@ impl Config {
             cni_conf_dir,
             netns_dir,
             sandbox_image,
-            cgroup_driver,
             registry_config_dir,
             image_pull_progress_timeout_secs,
             stream_address,
@@ -179,6 +179,9 @@ impl Config {
             log_level,
             log_format
         );
+        if let Some(d) = &cli.cgroup_driver {
+            cfg.cgroup_driver = d.parse()?;
+        }
         if cli.registry_credentials_file.is_some() {
             cfg.registry_credentials_file = cli.registry_credentials_file.clone();
         }
@@ -200,12 +203,6 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if !matches!(self.cgroup_driver.as_str(), "cgroupfs" | "systemd") {
-            return Err(Error::invalid(format!(
-                "cgroup_driver must be \"cgroupfs\" or \"systemd\", not {:?}",
-                self.cgroup_driver
-            )));
-        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(Error::invalid(format!(
                 "log_format must be \"text\" or \"json\", not {:?}",

@@ -508,6 +508,89 @@ async fn memory_limit_gives_oomkilled() {
     assert_eq!(st.exit_code, 137);
 }
 
+/// A container that allocates far beyond `limit` bytes of memory.
+fn memory_hog(name: &str, limit: i64, script: &str) -> ContainerConfig {
+    let mut c = config(name, script);
+    c.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+const HOG: &str = "x=$(head -c 200000000 /dev/zero | tr '\\000' a); echo survived";
+
+/// A pod without `cgroup_parent`: runc places its containers below the shim's own cgroup,
+/// which no path computed from the pod can name.
+async fn pod_without_cgroup_parent(rig: &Rig, rt: &mut Client, name: &str) -> Pod {
+    common::cri::pod_with(rig, rt, name, |c| {
+        c.linux.as_mut().unwrap().cgroup_parent.clear();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn memory_limit_gives_oomkilled_without_a_cgroup_parent() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod_without_cgroup_parent(&rig, &mut rt, "oom-noparent").await;
+    let id = run(&mut rt, &p, memory_hog("hog", 32 << 20, HOG)).await;
+    let st = wait_exited(&mut rt, &id).await;
+    assert_eq!(st.reason, "OOMKilled", "{st:?}\n{}", rig.peapod_log());
+    assert_eq!(st.exit_code, 137);
+    // A container that stays within its limit is not reported OOM-killed.
+    let fine = run(&mut rt, &p, memory_hog("fine", 32 << 20, "exit 3")).await;
+    let st = wait_exited(&mut rt, &fine).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"), "{st:?}");
+    remove_pod(&mut rt, &p.id).await;
+}
+
+#[tokio::test]
+async fn an_oom_kill_while_peapod_is_down_is_reported_after_its_restart() {
+    if !common::require_root() {
+        return;
+    }
+    let mut rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod_without_cgroup_parent(&rig, &mut rt, "oom-down").await;
+    let id = run(
+        &mut rt,
+        &p,
+        memory_hog("late-hog", 32 << 20, &format!("sleep 2; {HOG}")),
+    )
+    .await;
+    wait_state(&mut rt, &id, ContainerState::ContainerRunning, 10).await;
+    rig.kill_peapod();
+    // The kill happens while no peapod listens for containerd's OOM event: only what was
+    // recorded at start (where the container's cgroup is) can tell.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    rig.start_peapod().await;
+    let mut rt = rig.runtime_client().await;
+    let st = wait_exited(&mut rt, &id).await;
+    assert_eq!(st.reason, "OOMKilled", "{st:?}\n{}", rig.peapod_log());
+    assert_eq!(st.exit_code, 137);
+    remove_pod(&mut rt, &p.id).await;
+}
+
+async fn remove_pod(rt: &mut Client, id: &str) {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
+
 #[tokio::test]
 async fn logs_are_exact_and_follow_reopen() {
     if !common::require_root() {

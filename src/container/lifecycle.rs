@@ -468,10 +468,12 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
         ready_sandbox(&rt, &c.meta.sandbox_id)?;
         match start_task(&rt, &c).await {
             Ok(pid) => {
+                let cgroup = monitor::locate_cgroup(&rt, &c.id, pid).await;
                 c.update(|s| {
                     s.phase = Phase::Running;
                     s.pid = pid;
                     s.started_at = task::now_ns();
+                    s.cgroup = cgroup;
                 })?;
                 tracing::info!(container = %c.id, pid, "container started");
                 emit(&rt, &c, cri::ContainerEventType::ContainerStartedEvent);

@@ -261,13 +261,11 @@ async fn create(
         image: &image.config,
         hostname: &hostname,
         netns: state.netns_path.as_deref(),
-        cgroups_path: spec::cgroups_path(
-            &rt.config.cgroup_driver,
-            &config
+        cgroups_path: rt.host.cgroup_driver.sandbox_cgroups_path(
+            config
                 .linux
                 .as_ref()
-                .map(|l| l.cgroup_parent.clone())
-                .unwrap_or_default(),
+                .map_or("", |l| l.cgroup_parent.as_str()),
             id,
         ),
         min_oom_score_adj: spec::own_oom_score_adj(),

@@ -77,7 +77,7 @@ pub struct SandboxInfo {
 /// Facts about the node, detected once at start-up ([`HostInfo::detect`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostInfo {
-    pub cgroup_driver: cri::CgroupDriver,
+    pub cgroup_driver: crate::cgroup::Driver,
     pub cgroup: CgroupHost,
     pub security: HostSecurity,
     /// peapod's own `oom_score_adj`; container values are clamped to no lower than it.
@@ -88,7 +88,7 @@ pub struct HostInfo {
 
 impl HostInfo {
     /// Detects cgroup version and swap accounting, AppArmor/SELinux and peapod's oom_score_adj.
-    pub fn detect(cgroup_driver: cri::CgroupDriver) -> Self {
+    pub fn detect(cgroup_driver: crate::cgroup::Driver) -> Self {
         HostInfo {
             cgroup_driver,
             cgroup: CgroupHost::detect(),
@@ -101,12 +101,7 @@ impl HostInfo {
     /// [`HostInfo::detect`] with the settings of peapod's configuration (cgroup driver,
     /// seccomp profile root).
     pub fn from_config(config: &crate::config::Config) -> Self {
-        let driver = if config.cgroup_driver == "systemd" {
-            cri::CgroupDriver::Systemd
-        } else {
-            cri::CgroupDriver::Cgroupfs
-        };
-        let mut host = Self::detect(driver);
+        let mut host = Self::detect(config.cgroup_driver);
         host.security.seccomp_profile_root = config.seccomp_profile_root.clone();
         host
     }
