@@ -37,6 +37,10 @@ pub struct Config {
     pub sandbox_image: String,
     /// cgroup driver: "cgroupfs" or "systemd"; must match kubelet's --cgroup-driver.
     pub cgroup_driver: Driver,
+    /// Leave out hugepage limits (kubelet sets one per page size on every container), as
+    /// containerd's option of the same name does; false applies them where the host has a
+    /// hugetlb cgroup controller. Limits of any controller the host lacks are always left out.
+    pub disable_hugetlb_controller: bool,
     /// containerd-style registry host configuration directory (<dir>/<host>/hosts.toml).
     pub registry_config_dir: PathBuf,
     /// Optional credentials file (docker config.json format) used when a pull has no AuthConfig.
@@ -71,6 +75,7 @@ impl Default for Config {
             netns_dir: "/var/run/netns".into(),
             sandbox_image: "registry.k8s.io/pause:3.10".into(),
             cgroup_driver: Driver::Cgroupfs,
+            disable_hugetlb_controller: true,
             registry_config_dir: "/etc/containerd/certs.d".into(),
             registry_credentials_file: None,
             image_pull_progress_timeout_secs: 300,
@@ -123,6 +128,9 @@ pub struct Cli {
     /// cgroup driver, "cgroupfs" or "systemd"; must match kubelet's. [default: cgroupfs]
     #[arg(long)]
     pub cgroup_driver: Option<String>,
+    /// Leave out hugepage limits, as containerd does by default; false applies them where the host has a hugetlb controller. [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub disable_hugetlb_controller: Option<bool>,
     /// Registry hosts directory in containerd's hosts.toml layout. [default: /etc/containerd/certs.d]
     #[arg(long)]
     pub registry_config_dir: Option<PathBuf>,
@@ -172,6 +180,7 @@ impl Config {
             cni_conf_dir,
             netns_dir,
             sandbox_image,
+            disable_hugetlb_controller,
             registry_config_dir,
             image_pull_progress_timeout_secs,
             stream_address,
@@ -246,6 +255,43 @@ mod tests {
         assert_eq!(c.namespace, "filens");
         assert_eq!(c.snapshotter, "overlayfs");
         assert_eq!(c.sandbox_image, "registry.k8s.io/pause:3.10");
+    }
+
+    #[test]
+    fn the_documented_config_file_holds_the_defaults() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/peapod.toml");
+        assert_eq!(Config::from_file(&f).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn hugepage_limits_are_left_out_unless_asked_for() {
+        assert!(Config::default().disable_hugetlb_controller);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "disable_hugetlb_controller = false\ncgroup_driver = \"systemd\"\n",
+        )
+        .unwrap();
+        let from_file = Config::load(&Cli {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!from_file.disable_hugetlb_controller);
+        assert_eq!(from_file.cgroup_driver, Driver::Systemd);
+        let flagged = Config::load(&Cli {
+            config: Some(f),
+            disable_hugetlb_controller: Some(true),
+            cgroup_driver: Some("cgroupfs".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(flagged.disable_hugetlb_controller);
+        assert_eq!(flagged.cgroup_driver, Driver::Cgroupfs);
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "cgroup_driver = \"cgroupsfs\"\n").unwrap();
+        assert!(Config::from_file(&bad).is_err());
     }
 
     #[test]

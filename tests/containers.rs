@@ -591,6 +591,123 @@ async fn remove_pod(rt: &mut Client, id: &str) {
     .expect("RemovePodSandbox");
 }
 
+/// The hugepage limits kubelet gives every container: 0 for each page size the node has, in
+/// kubelet's notation (`hugepages-2048kB` → `2MB`).
+fn kubelet_hugepage_limits() -> Vec<HugepageLimit> {
+    let mut sizes: Vec<String> = std::fs::read_dir("/sys/kernel/mm/hugepages")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    let kb: u64 = n
+                        .strip_prefix("hugepages-")?
+                        .strip_suffix("kB")?
+                        .parse()
+                        .ok()?;
+                    Some(match kb {
+                        kb if kb % (1 << 20) == 0 => format!("{}GB", kb >> 20),
+                        kb if kb % (1 << 10) == 0 => format!("{}MB", kb >> 10),
+                        kb => format!("{kb}KB"),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if sizes.is_empty() {
+        sizes = vec!["2MB".into(), "1GB".into()];
+    }
+    sizes.sort();
+    sizes
+        .into_iter()
+        .map(|page_size| HugepageLimit {
+            page_size,
+            limit: 0,
+        })
+        .collect()
+}
+
+/// Creates, starts and waits for a container carrying kubelet's hugepage limits; returns
+/// its id once it ran to completion.
+async fn run_with_kubelet_hugepage_limits(
+    rig: &Rig,
+    rt: &mut Client,
+    p: &Pod,
+    name: &str,
+) -> String {
+    let mut c = config(name, "echo ran");
+    c.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_shares: 2,
+            hugepage_limits: kubelet_hugepage_limits(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(rt, p, c).await;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", rig.peapod_log()));
+    let st = wait_exited(rt, &id).await;
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (0, "Completed"),
+        "{st:?}"
+    );
+    assert_eq!(
+        log_lines(&p.log_dir.join(format!("{name}.log"))),
+        vec!["stdout F ran"]
+    );
+    id
+}
+
+#[tokio::test]
+async fn kubelets_hugepage_limits_do_not_stop_a_container() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "huge").await;
+    run_with_kubelet_hugepage_limits(&rig, &mut rt, &p, "huge").await;
+
+    // The same limits in an update of a running container.
+    let running = run(&mut rt, &p, config("huge-running", FOREVER)).await;
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: running.clone(),
+        linux: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            hugepage_limits: kubelet_hugepage_limits(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", rig.peapod_log()));
+    let st = status(&mut rt, &running).await;
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    assert_eq!(
+        st.resources.unwrap().linux.unwrap().memory_limit_in_bytes,
+        96 << 20
+    );
+    stop(&mut rt, &running, 0).await;
+}
+
+/// With hugepage limits asked for, they apply where a hugetlb controller exists and are
+/// left out where none does (these test hosts): the container runs either way.
+#[tokio::test]
+async fn hugepage_limits_asked_for_never_stop_a_container() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start_with(vec!["--disable-hugetlb-controller".into(), "false".into()]).await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "huge-on").await;
+    run_with_kubelet_hugepage_limits(&rig, &mut rt, &p, "huge-on").await;
+}
+
 #[tokio::test]
 async fn logs_are_exact_and_follow_reopen() {
     if !common::require_root() {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::cri;
 use crate::error::{Error, Result};
 
-pub use controllers::CgroupHost;
+pub use controllers::{CgroupHost, Enforceable};
 pub use counters::{Memory, Sample};
 
 /// Where cgroupfs is mounted.

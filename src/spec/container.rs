@@ -111,7 +111,13 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec> {
         merge_devices(&mut list, requested.iter().map(|d| d.device.clone()));
         (list, rules)
     };
-    let linux_resources = resources::linux_resources(res, host.cgroup, rules)?;
+    let linux_resources = resources::enforceable_resources(
+        res,
+        host.cgroup,
+        &host.limits,
+        rules,
+        &format!("container {}", input.id),
+    )?;
 
     // Linux.
     let mut linux = Linux::default();
@@ -432,6 +438,7 @@ mod tests {
                         v2: false,
                         swap: true,
                     },
+                    limits: crate::cgroup::Enforceable::all(),
                     security: HostSecurity::default(),
                     own_oom_score_adj: -999,
                     dev_dir: PathBuf::from("/dev"),

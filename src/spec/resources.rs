@@ -11,8 +11,27 @@ use oci_spec::runtime::{
 
 use super::oci_err;
 pub use crate::cgroup::CgroupHost;
+use crate::cgroup::Enforceable;
 use crate::cri;
 use crate::error::{Error, Result};
+
+/// [`linux_resources`] without the limits this host's cgroups cannot enforce (see
+/// [`crate::cgroup::controllers`]): a container must never fail over a limit the node cannot
+/// apply. What is dropped is logged at debug level for `what` (the container).
+pub fn enforceable_resources(
+    res: Option<&cri::LinuxContainerResources>,
+    host: CgroupHost,
+    limits: &Enforceable,
+    devices: Vec<LinuxDeviceCgroup>,
+    what: &str,
+) -> Result<LinuxResources> {
+    let mut r = linux_resources(res, host, devices)?;
+    let dropped = limits.retain(&mut r);
+    if !dropped.is_empty() {
+        tracing::debug!(%what, ?dropped, "limits this host cannot enforce were left out");
+    }
+    Ok(r)
+}
 
 /// Translates the CRI resources. `devices` are the device-cgroup rules (built elsewhere).
 pub fn linux_resources(
