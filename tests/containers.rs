@@ -508,6 +508,111 @@ async fn memory_limit_gives_oomkilled() {
     assert_eq!(st.exit_code, 137);
 }
 
+#[tokio::test]
+async fn stop_and_remove_of_an_id_that_names_nothing_are_not_errors() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "idem").await;
+    let live = run(&mut rt, &p, config("live", FOREVER)).await;
+    let unknown = "0".repeat(64);
+    let nothing = [
+        // cri-tools' idempotence specs pass a UUID.
+        "7f1f1e2d-3c4b-4a5e-9f8a-0b1c2d3e4f50".to_string(),
+        unknown.clone(),
+        "../../etc".to_string(),
+        "garbage id!".to_string(),
+        // Too long to be an id, though it starts with a live one.
+        format!("{live}0"),
+        format!("{}0", p.id),
+    ];
+    for id in &nothing {
+        rt.stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopContainer {id:?}: {e}"));
+        rt.remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer {id:?}: {e}"));
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox {id:?}: {e}"));
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox {id:?}: {e}"));
+    }
+    // Nothing that exists was touched.
+    assert_eq!(
+        status(&mut rt, &live).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    let sb = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: p.id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(sb.state, PodSandboxState::SandboxReady as i32);
+
+    // The other RPCs still say NotFound for an id that could name a container but does not,
+    // and InvalidArgument for one that cannot be an id at all.
+    let e = rt
+        .container_status(ContainerStatusRequest {
+            container_id: unknown.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .start_container(StartContainerRequest {
+            container_id: unknown.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: unknown,
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .container_status(ContainerStatusRequest {
+            container_id: nothing[0].clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // An empty id is a malformed request, even for Stop.
+    let e = rt
+        .stop_container(StopContainerRequest {
+            container_id: String::new(),
+            timeout: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    stop(&mut rt, &live, 0).await;
+}
+
 /// A container that allocates far beyond `limit` bytes of memory.
 fn memory_hog(name: &str, limit: i64, script: &str) -> ContainerConfig {
     let mut c = config(name, script);

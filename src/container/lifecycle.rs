@@ -570,10 +570,8 @@ pub fn stop_signal(c: &Container) -> Result<u32> {
 }
 
 pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
-    let c = match rt.containers.get(id) {
-        Ok(c) => c,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(c) = rt.containers.find(id)? else {
+        return Ok(());
     };
     {
         let _g = c.op.lock().await;
@@ -614,10 +612,8 @@ async fn kill(rt: &Runtime, c: &Container) -> Result<()> {
 }
 
 pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
-    let c = match rt.containers.get(id) {
-        Ok(c) => c,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(c) = rt.containers.find(id)? else {
+        return Ok(());
     };
     let _g = c.op.lock().await;
     if rt.containers.get(&c.id).is_err() {

@@ -410,10 +410,8 @@ pub fn watch_pause(rt: Arc<Runtime>, sb: Arc<Sandbox>) {
 }
 
 pub async fn stop(rt: &Runtime, id: &str) -> Result<()> {
-    let sb = match rt.sandboxes.get(id) {
-        Ok(s) => s,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(sb) = rt.sandboxes.find(id)? else {
+        return Ok(());
     };
     let _g = sb.op.lock().await;
     stop_locked(rt, &sb).await
@@ -443,10 +441,8 @@ async fn stop_locked(rt: &Runtime, sb: &Sandbox) -> Result<()> {
 }
 
 pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
-    let sb = match rt.sandboxes.get(id) {
-        Ok(s) => s,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(sb) = rt.sandboxes.find(id)? else {
+        return Ok(());
     };
     let _g = sb.op.lock().await;
     stop_locked(rt, &sb).await?;
