@@ -158,7 +158,9 @@ pub async fn locate_cgroup(rt: &Runtime, id: &str, pid: u32) -> Option<Cgroup> {
     };
     let cg = Cgroup::of_container(spec_path.as_deref(), pid);
     if cg.is_none() {
-        tracing::warn!(
+        // Typically a container without a cgroupsPath that exited at once: its cgroup went
+        // with its process, and containerd's OOM event is what remains.
+        tracing::debug!(
             container = id,
             pid,
             ?spec_path,
