@@ -1,10 +1,9 @@
 //! Workload containers: the record and index (`record`), stdio FIFOs (`io`), the CRI log
 //! writer (`logs`), the lifecycle RPCs (`lifecycle`), exit monitoring and events (`monitor`),
-//! recovery after a restart (`recover`), reading the image's users (`rootfs`), ExecSync
-//! (`exec`), resource updates (`update`), stats (`stats`, over `cgroup`), the event stream
-//! (`events`) and the verbose status (`inspect`).
+//! containerd's OOM events (`oom`), recovery after a restart (`recover`), reading the image's
+//! users (`rootfs`), ExecSync (`exec`), resource updates (`update`), stats (`stats`, over
+//! [`crate::cgroup`]), the event stream (`events`) and the verbose status (`inspect`).
 
-pub mod cgroup;
 pub mod events;
 pub mod exec;
 pub mod inspect;
@@ -12,6 +11,7 @@ pub mod io;
 pub mod lifecycle;
 pub mod logs;
 pub mod monitor;
+pub mod oom;
 pub mod record;
 pub mod recover;
 pub mod rootfs;
