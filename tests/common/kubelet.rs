@@ -31,8 +31,8 @@ const TUNABLES: &[&str] = &[
 ];
 
 /// Paths outside the root dir that kubelet v1.28 creates whatever its flags: the device
-/// manager's socket directory is hard-coded. Removed at the end only if this run made them
-/// (deepest first; the log directories only when empty).
+/// manager's socket directory is hard-coded. Removed at the end only if no kubelet test
+/// found them (deepest first; the log directories only when empty).
 const GLOBAL_DIRS: &[&str] = &[
     "/var/lib/kubelet/device-plugins",
     "/var/lib/kubelet",
@@ -56,9 +56,8 @@ pub struct Kubelet {
     pub port: u16,
     pub read_only_port: u16,
     child: Option<Child>,
-    saved_tunables: Vec<(PathBuf, String)>,
-    /// Machine-global directories kubelet creates that did not exist before it started.
-    created_dirs: Vec<PathBuf>,
+    /// This run's entry among the kubelet tests running on the machine.
+    session: Option<PathBuf>,
     http: reqwest::Client,
 }
 
@@ -83,12 +82,7 @@ impl Kubelet {
             port: free_port(),
             read_only_port: free_port(),
             child: None,
-            saved_tunables: Vec::new(),
-            created_dirs: GLOBAL_DIRS
-                .iter()
-                .map(PathBuf::from)
-                .filter(|p| !p.exists())
-                .collect(),
+            session: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -99,14 +93,7 @@ impl Kubelet {
             std::fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
         }
         k.make_cgroup_root()?;
-        k.saved_tunables = TUNABLES
-            .iter()
-            .filter_map(|t| {
-                let p = Path::new("/proc/sys").join(t);
-                let v = std::fs::read_to_string(&p).ok()?;
-                Some((p, v.trim().to_string()))
-            })
-            .collect();
+        k.session = Some(session::join(&k.node)?);
         let config = k.config(rig);
         let config_path = d.join("kubelet-config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap())
@@ -341,17 +328,133 @@ impl Drop for Kubelet {
         }
         unmount_under(self.dir.path());
         remove_log_entries(&self.namespace);
-        for d in &self.created_dirs {
+        if let Some(entry) = self.session.take() {
+            session::leave(&entry);
+        }
+    }
+}
+
+/// What kubelet changes machine-wide (kernel tunables, a few directories) is undone by the
+/// last kubelet test to finish, whichever test binary or worktree it runs from: each run
+/// registers in a shared directory, under a lock, and the first one records the values and
+/// directories as they were before any kubelet touched them. A run that died is recognised
+/// by its pid being gone.
+mod session {
+    use std::os::fd::AsRawFd;
+    use std::path::{Path, PathBuf};
+
+    use serde_json::{json, Value};
+
+    use super::{loud, GLOBAL_DIRS, TUNABLES};
+
+    const DIR: &str = "/var/tmp/peapod-kubelet-session";
+
+    struct Lock(std::fs::File);
+
+    impl Lock {
+        fn take() -> Result<Lock, String> {
+            std::fs::create_dir_all(DIR).map_err(|e| format!("mkdir {DIR}: {e}"))?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(Path::new(DIR).join("lock"))
+                .map_err(|e| format!("{DIR}/lock: {e}"))?;
+            // SAFETY: flock on a descriptor we own; released when the file closes.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(format!(
+                    "flock {DIR}/lock: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(Lock(f))
+        }
+    }
+
+    fn state_path() -> PathBuf {
+        Path::new(DIR).join("state.json")
+    }
+
+    fn live_entries() -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(DIR) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                let pid = name.strip_prefix("run-").and_then(|r| r.split('-').next());
+                pid.is_some_and(|pid| Path::new("/proc").join(pid).exists())
+            })
+            .collect()
+    }
+
+    /// Registers run `name`; returns its entry.
+    pub fn join(name: &str) -> Result<PathBuf, String> {
+        let _lock = Lock::take()?;
+        // No live run: whatever state a crashed one left is stale.
+        if live_entries().is_empty() || !state_path().exists() {
+            let tunables: Vec<Value> = TUNABLES
+                .iter()
+                .filter_map(|t| {
+                    let p = Path::new("/proc/sys").join(t);
+                    let v = std::fs::read_to_string(&p).ok()?;
+                    Some(json!([p, v.trim()]))
+                })
+                .collect();
+            let absent: Vec<&str> = GLOBAL_DIRS
+                .iter()
+                .copied()
+                .filter(|d| !Path::new(d).exists())
+                .collect();
+            let state = json!({"tunables": tunables, "absent_dirs": absent});
+            std::fs::write(state_path(), state.to_string())
+                .map_err(|e| format!("write {}: {e}", state_path().display()))?;
+        }
+        let entry = Path::new(DIR).join(format!("run-{}-{name}", std::process::id()));
+        std::fs::write(&entry, b"").map_err(|e| format!("write {}: {e}", entry.display()))?;
+        Ok(entry)
+    }
+
+    /// Unregisters; the last live run restores the machine.
+    pub fn leave(entry: &Path) {
+        let _lock = match Lock::take() {
+            Ok(l) => l,
+            Err(e) => return loud(&format!("kubelet teardown: {e}")),
+        };
+        let _ = std::fs::remove_file(entry);
+        if live_entries().iter().any(|e| e != entry) {
+            return;
+        }
+        let state: Value = std::fs::read(state_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for t in state["tunables"].as_array().into_iter().flatten() {
+            let (Some(p), Some(v)) = (t[0].as_str(), t[1].as_str()) else {
+                continue;
+            };
+            if std::fs::read_to_string(p).is_ok_and(|now| now.trim() != v) {
+                if let Err(e) = std::fs::write(p, v) {
+                    loud(&format!("kubelet teardown: restore {p}: {e}"));
+                }
+            }
+        }
+        for d in state["absent_dirs"].as_array().into_iter().flatten() {
+            let Some(d) = d.as_str() else { continue };
             if d.ends_with("device-plugins") {
                 let _ = std::fs::remove_dir_all(d);
             } else {
                 let _ = std::fs::remove_dir(d);
             }
         }
-        for (p, v) in &self.saved_tunables {
-            if std::fs::read_to_string(p).is_ok_and(|now| now.trim() != v) {
-                if let Err(e) = std::fs::write(p, v) {
-                    loud(&format!("kubelet teardown: restore {}: {e}", p.display()));
+        let _ = std::fs::remove_file(state_path());
+        // Stale entries of runs that died go too; the lock file and the directory stay,
+        // as another run may be waiting on the lock.
+        if let Ok(rd) = std::fs::read_dir(DIR) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("run-") {
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }
