@@ -605,6 +605,15 @@ async fn images_pull_list_inspect_remove() {
         img.config_digest
     );
     let images = crictl.json(&["images", "-o", "json"]);
+    // The sandbox image is pinned (kubelet's image GC leaves it alone), the others not.
+    for i in images["images"].as_array().unwrap() {
+        let is_pause = i["repoTags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == common::PAUSE);
+        assert_eq!(i["pinned"], is_pause, "pinned of {i}");
+    }
     let ours: Vec<&Value> = images["images"]
         .as_array()
         .unwrap()
