@@ -81,17 +81,7 @@ impl Crictl {
 }
 
 async fn setup(test: &str) -> Option<(Rig, Crictl)> {
-    if !common::require_root() {
-        common::bins::missing(test, "needs root");
-        return None;
-    }
-    let bin = match common::bins::real_binary("crictl") {
-        Ok(b) => b,
-        Err(e) => {
-            common::bins::missing(test, &e);
-            return None;
-        }
-    };
+    let bin = common::bins::require(test, "crictl")?;
     let rig = Rig::start().await;
     let c = Crictl::new(bin, &rig);
     Some((rig, c))

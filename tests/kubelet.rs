@@ -248,17 +248,7 @@ macro_rules! ensure {
 }
 
 async fn setup(test: &str) -> Option<Ctx> {
-    if !common::require_root() {
-        common::bins::missing(test, "needs root");
-        return None;
-    }
-    let bin = match common::bins::real_binary("kubelet") {
-        Ok(b) => b,
-        Err(e) => {
-            common::bins::missing(test, &e);
-            return None;
-        }
-    };
+    let bin = common::bins::require(test, "kubelet")?;
     let rig = Rig::start().await;
     let kubelet = match Kubelet::start(&rig, &bin).await {
         Ok(k) => k,
