@@ -20,9 +20,12 @@ use crate::error::{ctrd, Error, Result};
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
 pub const LEASE_HEADER: &str = "containerd-lease";
 
+/// The channel every containerd client is built on: each call is timed and counted.
+type ObservedChannel = Observed<Channel>;
+
 #[derive(Clone)]
 pub struct Containerd {
-    channel: Channel,
+    channel: ObservedChannel,
     namespace: String,
     socket: PathBuf,
 }
@@ -44,7 +47,7 @@ impl Containerd {
                 }
             }));
         Ok(Containerd {
-            channel,
+            channel: Observed(channel),
             namespace: namespace.to_string(),
             socket: socket.to_path_buf(),
         })
@@ -77,34 +80,34 @@ impl Containerd {
         r
     }
 
-    pub fn containers(&self) -> ContainersClient<Channel> {
+    pub fn containers(&self) -> ContainersClient<ObservedChannel> {
         ContainersClient::new(self.channel.clone())
     }
-    pub fn tasks(&self) -> TasksClient<Channel> {
+    pub fn tasks(&self) -> TasksClient<ObservedChannel> {
         TasksClient::new(self.channel.clone())
     }
-    pub fn images(&self) -> ImagesClient<Channel> {
+    pub fn images(&self) -> ImagesClient<ObservedChannel> {
         ImagesClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
-    pub fn content(&self) -> ContentClient<Channel> {
+    pub fn content(&self) -> ContentClient<ObservedChannel> {
         ContentClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
-    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
+    pub fn snapshots(&self) -> SnapshotsClient<ObservedChannel> {
         SnapshotsClient::new(self.channel.clone())
     }
-    pub fn diff(&self) -> DiffClient<Channel> {
+    pub fn diff(&self) -> DiffClient<ObservedChannel> {
         DiffClient::new(self.channel.clone())
     }
-    pub fn leases(&self) -> LeasesClient<Channel> {
+    pub fn leases(&self) -> LeasesClient<ObservedChannel> {
         LeasesClient::new(self.channel.clone())
     }
-    pub fn events(&self) -> EventsClient<Channel> {
+    pub fn events(&self) -> EventsClient<ObservedChannel> {
         EventsClient::new(self.channel.clone())
     }
-    pub fn introspection(&self) -> IntrospectionClient<Channel> {
+    pub fn introspection(&self) -> IntrospectionClient<ObservedChannel> {
         IntrospectionClient::new(self.channel.clone())
     }
-    pub fn version_client(&self) -> VersionClient<Channel> {
+    pub fn version_client(&self) -> VersionClient<ObservedChannel> {
         VersionClient::new(self.channel.clone())
     }
 
@@ -171,6 +174,31 @@ impl Containerd {
         absent_ok(r, || format!("remove snapshot {key}"))
     }
 
+    /// A container record and its OCI spec, as JSON (what `ctr containers info` shows).
+    pub async fn container_with_spec(
+        &self,
+        id: &str,
+    ) -> Result<(
+        containerd_client::services::v1::Container,
+        serde_json::Value,
+    )> {
+        use containerd_client::services::v1::GetContainerRequest;
+        let ctr = self
+            .containers()
+            .get(self.req(GetContainerRequest { id: id.to_string() }))
+            .await
+            .map_err(ctrd(format!("get container {id}")))?
+            .into_inner()
+            .container
+            .ok_or_else(|| Error::internal(format!("containerd returned no container {id}")))?;
+        let spec = ctr.spec.as_ref().ok_or_else(|| {
+            Error::internal(format!("container {id} has no OCI spec in containerd"))
+        })?;
+        let value = serde_json::from_slice(&spec.value)
+            .map_err(|e| Error::internal(format!("container {id}: OCI spec is not JSON: {e}")))?;
+        Ok((ctr, value))
+    }
+
     /// containerd's version, which doubles as the health check behind RuntimeReady.
     pub async fn version(&self) -> Result<String> {
         let mut client = self.version_client();
@@ -200,6 +228,50 @@ impl Containerd {
             .map_err(ctrd("introspection plugins"))?
             .into_inner();
         Ok(resp.plugins.iter().any(|p| p.init_err.is_none()))
+    }
+}
+
+/// A containerd channel whose calls are recorded in [`crate::metrics`]: latency to the
+/// response headers (the whole of a unary call; the opening of a stream), and the gRPC code,
+/// which containerd sends in the headers when a call fails (trailers-only) and which is
+/// `Unavailable` when containerd could not be reached.
+#[derive(Clone)]
+pub struct Observed<S>(S);
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Observed<S>
+where
+    S: tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<S::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let start = std::time::Instant::now();
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            let code = match &res {
+                Ok(r) => crate::metrics::header_code(r.headers()),
+                Err(_) => tonic::Code::Unavailable,
+            };
+            crate::metrics::containerd_call(&path, code, start.elapsed());
+            res
+        })
     }
 }
 

@@ -3,12 +3,14 @@
 //! The gRPC layer (`server`) only validates and translates; the domain modules hold the logic.
 
 pub mod cgroup;
+pub mod check;
 pub mod config;
 pub mod container;
 pub mod containerd;
 pub mod error;
 pub mod id;
 pub mod image;
+pub mod metrics;
 pub mod network;
 pub mod runtime;
 pub mod sandbox;

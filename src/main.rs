@@ -1,4 +1,5 @@
-//! The peapod daemon: loads its settings, connects to containerd, serves the CRI.
+//! The peapod daemon: loads its settings, connects to containerd, serves the CRI; and its
+//! operator commands (`peapod check`, `peapod config default|show`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -6,11 +7,16 @@ use std::sync::Arc;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use peapod::config::{Cli, Config};
+use peapod::config::{Cli, Command, Config, ConfigCommand, DEFAULT_CONFIG_TOML};
 use peapod::runtime::Runtime;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The defaults need no configuration, and print even when the config file is broken.
+    if let Some(Command::Config(ConfigCommand::Default)) = cli.command {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -18,6 +24,72 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match &cli.command {
+        Some(Command::Config(_)) => show_config(&cli, &config),
+        Some(Command::Check(args)) => check(&config, args),
+        None => daemon(config),
+    }
+}
+
+fn show_config(cli: &Cli, config: &Config) -> ExitCode {
+    let text = match config.to_toml() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("peapod: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let file = match &cli.config {
+        Some(p) => p.display().to_string(),
+        None if std::path::Path::new(peapod::config::DEFAULT_CONFIG_FILE).exists() => {
+            peapod::config::DEFAULT_CONFIG_FILE.to_string()
+        }
+        None => "none".to_string(),
+    };
+    println!("# peapod's effective configuration: defaults, config file ({file}), PEAPOD_* environment, flags.");
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        println!("# RUST_LOG={filter} is set and wins over log_level.");
+    }
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+fn check(config: &Config, args: &peapod::config::CheckArgs) -> ExitCode {
+    // Only what the checks themselves say goes to the terminal, unless RUST_LOG asks for more.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peapod: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = rt.block_on(peapod::check::run(config, args));
+    let mut failed = 0;
+    for f in &findings {
+        println!("{f}");
+        if f.verdict == peapod::check::Verdict::Fail {
+            failed += 1;
+        }
+    }
+    if failed == 0 {
+        println!("peapod check: all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        println!("peapod check: {failed} check(s) failed");
+        ExitCode::FAILURE
+    }
+}
+
+fn daemon(config: Config) -> ExitCode {
     init_logging(&config);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -58,7 +130,17 @@ fn init_logging(config: &Config) {
 async fn run(config: Config) -> peapod::error::Result<()> {
     let listen = config.listen.clone();
     let listener = peapod::server::bind(&listen).await?;
+    let metrics = match config.metrics_address {
+        Some(addr) => Some(peapod::server::metrics::bind(addr).await?),
+        None => None,
+    };
     let rt = Arc::new(Runtime::new(config)?);
+    if let Some(l) = metrics {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        }
+        peapod::server::metrics::spawn(rt.clone(), l);
+    }
     match rt.ctrd.version().await {
         Ok(v) => {
             tracing::info!(version = %v, socket = %rt.ctrd.socket().display(), "connected to containerd")

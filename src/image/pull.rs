@@ -174,6 +174,27 @@ impl Puller {
         self.running.run(&key, move || job.run()).await
     }
 
+    /// Resolves `image` at its registry (mirrors first, as a pull would) without pulling it:
+    /// the host that answered and the manifest digest. `peapod check` asks this of the
+    /// sandbox image.
+    pub async fn resolve(&self, image: &str) -> Result<(String, String)> {
+        let name = reference::normalize(image)?;
+        let parsed = Parsed::new(&name)?;
+        let creds = self.credentials(&parsed.registry, None)?;
+        let job = PullJob {
+            ctrd: self.ctrd.clone(),
+            snapshotter: self.snapshotter.clone(),
+            hosts_dir: self.hosts_dir.clone(),
+            progress_timeout: self.progress_timeout,
+            blob_locks: self.blob_locks.clone(),
+            name,
+            parsed,
+            creds,
+        };
+        let (_, host, _, digest) = job.resolve(&Progress::new()).await?;
+        Ok((host, digest))
+    }
+
     fn credentials(
         &self,
         registry: &str,
@@ -295,6 +316,11 @@ impl PullJob {
             r = self.pull(&lease, &progress, &ingests) => r,
             e = self.watchdog(&progress) => Err(e),
         };
+        crate::metrics::image_pull(
+            result.is_ok(),
+            progress.bytes.load(Ordering::Relaxed),
+            progress.start.elapsed(),
+        );
         match result {
             Ok(id) => {
                 // The image records now hold everything; the lease's references can go.

@@ -2,10 +2,10 @@
 //! container in containerd that holds the pod's namespaces.
 
 pub mod files;
+pub mod inspect;
 pub mod lifecycle;
 pub mod spec;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -149,7 +149,8 @@ impl Sandbox {
         }
     }
 
-    pub fn status(&self, verbose: bool) -> cri::PodSandboxStatusResponse {
+    /// The status without verbose info (see [`inspect::verbose_info`]).
+    pub fn status(&self) -> cri::PodSandboxStatusResponse {
         let st = self.state();
         let mut ips = st.ips.iter();
         let network = cri::PodSandboxNetworkStatus {
@@ -171,19 +172,9 @@ impl Sandbox {
             annotations: self.config.annotations.clone(),
             runtime_handler: self.runtime_handler.clone(),
         };
-        let mut info = HashMap::new();
-        if verbose {
-            let v = serde_json::json!({
-                "pid": st.pid,
-                "netns": st.netns_path,
-                "stateDir": self.dir,
-                "networkAttached": st.network_attached,
-            });
-            info.insert("info".to_string(), v.to_string());
-        }
         cri::PodSandboxStatusResponse {
             status: Some(status),
-            info,
+            info: Default::default(),
             containers_statuses: vec![],
             timestamp: 0,
         }

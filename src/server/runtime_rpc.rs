@@ -71,7 +71,11 @@ impl runtime_service_server::RuntimeService for Peapod {
         require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
         self.rt.require_recovered()?;
         let sb = self.rt.sandboxes.get(&req.pod_sandbox_id)?;
-        Ok(Response::new(sb.status(req.verbose)))
+        let mut resp = sb.status();
+        if req.verbose {
+            resp.info = sandbox::inspect::verbose_info(&self.rt, &sb).await;
+        }
+        Ok(Response::new(resp))
     }
 
     async fn list_pod_sandbox(
