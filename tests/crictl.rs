@@ -267,6 +267,81 @@ async fn runtime_info_and_a_pod_lifecycle() {
         let link = |pid: u64| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         assert_eq!(link(pid), link(pause_pid), "{ns} namespace of .info.pid");
     }
+    // The one-liner runbooks use to find a container's host pid: it is the task's pid as
+    // containerd has it, and a live process running the container's command.
+    let tmpl = crictl.ok(&[
+        "inspect",
+        "-o",
+        "go-template",
+        "--template",
+        "{{.info.pid}}",
+        &worker,
+    ]);
+    let tasks = rig.ctr(&["tasks", "ls"]);
+    let task_pid = String::from_utf8_lossy(&tasks.stdout)
+        .lines()
+        .find(|l| l.starts_with(&worker))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no task {worker} in ctr tasks ls"));
+    assert_eq!(tmpl.trim(), task_pid, "crictl inspect .info.pid");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", tmpl.trim())).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("line3"),
+        "pid {} is not the container's process",
+        tmpl.trim()
+    );
+    // The rest of containerd's ContainerInfo: config, snapshot and runtime.
+    assert_eq!(info["config"]["metadata"]["name"], "worker", "{i}");
+    assert_eq!(info["snapshotKey"], worker.as_str());
+    assert_eq!(info["snapshotter"], "overlayfs");
+    assert_eq!(info["runtimeType"], "io.containerd.runc.v2");
+    // inspectp: the pinned netns and the IP, as containerd reports them.
+    let netns = p["info"]["sandboxMetadata"]["Metadata"]["NetNSPath"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        Path::new(netns).starts_with(&rig.netns_dir) && Path::new(netns).exists(),
+        "netns {netns:?} not pinned under {}: {p}",
+        rig.netns_dir.display()
+    );
+    assert_eq!(p["info"]["sandboxMetadata"]["Metadata"]["IP"], ip, "{p}");
+    assert_eq!(
+        p["info"]["cniResult"]["Interfaces"]["eth0"]["IPConfigs"][0]["IP"],
+        ip
+    );
+    assert_eq!(
+        p["info"]["cniResult"]["Interfaces"]["eth0"]["Sandbox"],
+        netns
+    );
+    assert_eq!(p["info"]["processStatus"], "running");
+    assert_eq!(p["info"]["netNamespaceClosed"], false);
+    assert_eq!(p["info"]["image"], common::PAUSE);
+    assert_eq!(p["info"]["config"]["metadata"]["name"], "lifecycle");
+    assert!(
+        p["info"]["runtimeSpec"]["linux"]["namespaces"].is_array(),
+        "{p}"
+    );
+    let shown = crictl.ok(&[
+        "inspectp",
+        "-o",
+        "go-template",
+        "--template",
+        "{{.info.sandboxMetadata.Metadata.NetNSPath}} {{.status.network.ip}}",
+        &pod,
+    ]);
+    assert_eq!(shown.trim(), format!("{netns} {ip}"));
+    // The pause process is in that namespace.
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{pause_pid}/ns/net"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap(),
+        std::fs::metadata(netns)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap(),
+        "pause pid {pause_pid} is not in {netns}"
+    );
+
     // Short ids work as crictl users type them.
     assert_eq!(
         crictl.json(&["inspect", "-o", "json", &worker[..12]])["status"]["id"],
@@ -634,6 +709,18 @@ async fn images_pull_list_inspect_remove() {
 
     let i = crictl.json(&["inspecti", "-o", "json", &r#ref]);
     assert_eq!(i["status"]["id"], img.config_digest.as_str(), "{i}");
+    // containerd's verbose image info: the chain id and the image config.
+    assert!(
+        i["info"]["chainID"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("sha256:")),
+        "{i}"
+    );
+    assert_eq!(i["info"]["imageSpec"]["os"], "linux", "{i}");
+    assert!(
+        i["info"]["imageSpec"]["rootfs"]["diff_ids"].is_array(),
+        "{i}"
+    );
     assert_eq!(i["status"]["repoTags"], json!([r#ref]));
     // By id too.
     assert_eq!(

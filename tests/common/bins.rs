@@ -109,7 +109,10 @@ pub fn real_binary(name: &str) -> Result<PathBuf, String> {
         return Ok(out);
     }
     // Unpack beside the final name and rename, so concurrent runs never see half a file.
-    let tmp = cache.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Unique per call: two tests of one binary may unpack at the same time.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
     let f = std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
     let st = Command::new("xz")
         .arg("-dc")

@@ -1,0 +1,424 @@
+//! What an operator runs besides the CRI: the Prometheus endpoint scraped after a pod
+//! lifecycle, `peapod check` on a working rig and on each way it can be broken, and
+//! `peapod config default|show`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::cri::{config, pod, Client};
+use common::{bins, Rig};
+use peapod::cri::*;
+
+/// `GET path` over HTTP/1.0 on 127.0.0.1:port: (status code, body).
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The value of the sample `name{labels}` (labels exactly as written), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn cri(method: &str, code: &str) -> String {
+    format!(
+        r#"peapod_cri_requests_total{{grpc_service="runtime.v1.RuntimeService",grpc_method="{method}",grpc_code="{code}"}}"#
+    )
+}
+
+fn scrape(port: u16) -> String {
+    let (code, body) = http_get(port, "/metrics").expect("scrape /metrics");
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_a_pod_lifecycle() {
+    if !common::require_root() {
+        return;
+    }
+    let port = bins::free_port();
+    let rig = Rig::start_with(vec![
+        "--metrics-address".into(),
+        format!("127.0.0.1:{port}"),
+    ])
+    .await;
+    let mut rt: Client = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "metrics").await;
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: p.id.clone(),
+            config: Some(config("web", "sleep 3600")),
+            sandbox_config: Some(p.config.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    // One failing call, to be counted under its code.
+    let missing = rt
+        .container_status(ContainerStatusRequest {
+            container_id: "f".repeat(64),
+            verbose: false,
+        })
+        .await
+        .expect_err("status of an unknown container");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // While it runs: the pod and its container by state.
+    let text = scrape(port);
+    assert_eq!(
+        sample(&text, r#"peapod_pod_sandboxes{state="ready"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"peapod_containers{state="running"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"peapod_containers{state="exited"}"#),
+        Some(0.0)
+    );
+
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .expect("StopContainer");
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: p.id.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: p.id.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+
+    let text = scrape(port);
+    for method in [
+        "RunPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "StopContainer",
+        "RemoveContainer",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+    ] {
+        assert_eq!(
+            sample(&text, &cri(method, "OK")),
+            Some(1.0),
+            "{method} OK count in\n{text}"
+        );
+        let hist = format!(r#"grpc_service="runtime.v1.RuntimeService",grpc_method="{method}""#);
+        assert_eq!(
+            sample(
+                &text,
+                &format!("peapod_cri_request_duration_seconds_count{{{hist}}}")
+            ),
+            Some(1.0),
+            "{method} latency count"
+        );
+        // Cumulative buckets: non-decreasing, ending at the count.
+        let buckets: Vec<f64> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("peapod_cri_request_duration_seconds_bucket{")
+                    && l.contains(&format!("grpc_method=\"{method}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(buckets.len() > 10, "{method} buckets: {buckets:?}");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+        assert_eq!(buckets.last(), Some(&1.0), "{method} +Inf bucket");
+    }
+    assert_eq!(
+        sample(&text, &cri("ContainerStatus", "NotFound")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"peapod_pod_sandboxes{state="ready"}"#),
+        Some(0.0)
+    );
+    // What peapod asked of containerd and CNI on the way.
+    let tasks_create = sample(
+        &text,
+        r#"peapod_containerd_requests_total{grpc_service="containerd.services.tasks.v1.Tasks",grpc_method="Create",grpc_code="OK"}"#,
+    );
+    assert_eq!(tasks_create, Some(2.0), "pause + web task creates:\n{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"peapod_cni_operation_duration_seconds_count{operation="ADD"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &text,
+            r#"peapod_cni_operation_duration_seconds_count{operation="DEL"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(sample(&text, "process_resident_memory_bytes").is_some_and(|v| v > 1e6));
+    assert!(sample(&text, "process_open_fds").is_some_and(|v| v > 3.0));
+    assert!(text.ends_with("# EOF\n"));
+    assert_eq!(http_get(port, "/").unwrap().0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn there_is_no_metrics_endpoint_unless_configured() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let pid = rig.peapod_pid().expect("peapod runs");
+    // Every TCP port peapod listens on (the streaming server may have one): none serves metrics.
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Field 3 is the state (0A = LISTEN), field 9 the inode.
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let port = f[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    for port in ports {
+        if let Ok((_, body)) = http_get(port, "/metrics") {
+            assert!(
+                !body.contains("peapod_cri_requests"),
+                "port {port} serves metrics without --metrics-address"
+            );
+        }
+    }
+    assert!(!rig.peapod_log().contains("serving Prometheus metrics"));
+}
+
+/// `peapod <rig's settings, with `set` replacing some> check <extra>`.
+fn check_with(rig: &Rig, set: &[(&str, &str)], extra: &[&str]) -> (i32, String) {
+    let mut args = rig.peapod_args();
+    for (flag, value) in set {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("the rig passes no {flag}"));
+        args[i + 1] = value.to_string();
+    }
+    let o: Output = Command::new(common::peapod_bin())
+        .args(args)
+        .arg("check")
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run peapod check");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    (o.status.code().unwrap_or(-1), out)
+}
+
+fn check(rig: &Rig, extra: &[&str]) -> (i32, String) {
+    check_with(rig, &[], extra)
+}
+
+/// The one FAIL line about `check` in a report.
+fn failure<'a>(report: &'a str, check: &str) -> &'a str {
+    let fails: Vec<&str> = report.lines().filter(|l| l.starts_with("FAIL")).collect();
+    fails
+        .iter()
+        .find(|l| l.starts_with(&format!("FAIL  {check}:")))
+        .copied()
+        .unwrap_or_else(|| panic!("no FAIL line for {check} in:\n{report}"))
+}
+
+fn kubelet_config(dir: &Path, name: &str, driver: &str, socket: &Path) -> String {
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             cgroupDriver: {driver}\ncontainerRuntimeEndpoint: unix://{}\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    p.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_passes_on_the_rig_and_names_each_cause_of_failure() {
+    if !common::require_root() {
+        return;
+    }
+    let mut rig = Rig::start().await;
+    let dir = rig.dir.path().to_path_buf();
+    let good = kubelet_config(&dir, "kubelet.yaml", "cgroupfs", &rig.peapod_socket);
+
+    let (code, report) = check(&rig, &["--kubelet-config", &good]);
+    assert_eq!(code, 0, "check failed on a working rig:\n{report}");
+    for line in [
+        "ok    containerd:",
+        "ok    containerd CRI plugin:",
+        "ok    sandbox image:",
+        "ok    runc:",
+        "ok    CNI:",
+        "ok    cgroup driver:",
+        "ok    kubelet endpoint:",
+        "ok    CRI socket: peapod is serving",
+    ] {
+        assert!(
+            report.lines().any(|l| l.starts_with(line)),
+            "no {line:?} in\n{report}"
+        );
+    }
+
+    // A cgroup driver kubelet does not use.
+    let systemd = kubelet_config(&dir, "kubelet-systemd.yaml", "systemd", &rig.peapod_socket);
+    let (code, report) = check(&rig, &["--kubelet-config", &systemd]);
+    assert_eq!(code, 1, "{report}");
+    let line = failure(&report, "cgroup driver");
+    assert!(
+        line.contains("kubelet's cgroupDriver is systemd") && line.contains("Fix:"),
+        "{line}"
+    );
+    assert_eq!(report.lines().filter(|l| l.starts_with("FAIL")).count(), 1);
+
+    // An empty CNI config directory.
+    let empty = dir.join("empty-cni");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, report) = check_with(&rig, &[("--cni-conf-dir", empty.to_str().unwrap())], &[]);
+    assert_eq!(code, 1, "{report}");
+    let line = failure(&report, "CNI");
+    assert!(
+        line.contains("no CNI network config found") && line.contains(empty.to_str().unwrap()),
+        "{line}"
+    );
+
+    // A plugin binary missing: the rig's conflist names bridge, host-local and portmap.
+    let bins = dir.join("cni-bin");
+    std::fs::create_dir(&bins).unwrap();
+    for p in ["bridge", "host-local", "loopback"] {
+        std::fs::copy(Path::new("/usr/lib/cni").join(p), bins.join(p)).unwrap();
+    }
+    let (code, report) = check_with(&rig, &[("--cni-bin-dir", bins.to_str().unwrap())], &[]);
+    assert_eq!(code, 1, "{report}");
+    let line = failure(&report, "CNI");
+    assert!(
+        line.contains("\"portmap\" not found") && line.contains("--cni-bin-dir"),
+        "{line}"
+    );
+
+    // containerd down: named, with the socket it tried; what needs it is skipped.
+    rig.stop_containerd();
+    let (code, report) = check(&rig, &[]);
+    assert_eq!(code, 1, "{report}");
+    let line = failure(&report, "containerd");
+    assert!(
+        line.contains(&rig.containerd_socket.display().to_string())
+            && line.contains("start containerd"),
+        "{line}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("skip  sandbox image:")),
+        "{report}"
+    );
+}
+
+#[test]
+fn config_default_parses_back_into_the_defaults() {
+    let o = Command::new(common::peapod_bin())
+        .args(["config", "default"])
+        // A broken config file does not keep the defaults from printing.
+        .env("PEAPOD_CONFIG", "/nonexistent/peapod.toml")
+        .output()
+        .expect("peapod config default");
+    assert!(o.status.success(), "{o:?}");
+    let text = String::from_utf8(o.stdout).unwrap();
+    let parsed: peapod::config::Config = toml::from_str(&text).expect("valid TOML");
+    assert_eq!(parsed, peapod::config::Config::default());
+    assert!(text.contains("# metrics_address = "), "{text}");
+}
+
+#[test]
+fn config_show_applies_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("peapod.toml");
+    std::fs::write(
+        &file,
+        "namespace = \"from-file\"\nsnapshotter = \"native\"\nlog_format = \"json\"\n",
+    )
+    .unwrap();
+    let o = Command::new(common::peapod_bin())
+        .args(["--config", file.to_str().unwrap(), "config", "show"])
+        .args([
+            "--log-format",
+            "text",
+            "--metrics-address",
+            "127.0.0.1:9101",
+        ])
+        .env("PEAPOD_NAMESPACE", "from-env")
+        .env("PEAPOD_LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("peapod config show");
+    assert!(o.status.success(), "{o:?}");
+    let text = String::from_utf8(o.stdout).unwrap();
+    let shown: peapod::config::Config = toml::from_str(&text).expect("valid TOML");
+    assert_eq!(shown.namespace, "from-env", "{text}");
+    assert_eq!(shown.snapshotter, "native");
+    assert_eq!(shown.log_format, "text");
+    assert_eq!(
+        shown.metrics_address,
+        Some("127.0.0.1:9101".parse().unwrap())
+    );
+    assert_eq!(shown.state_dir, Path::new("/var/lib/peapod"));
+}
