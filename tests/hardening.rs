@@ -55,6 +55,87 @@ async fn still_serving(rt: &mut Client) {
 }
 
 #[tokio::test]
+async fn log_paths_cannot_leave_the_log_directory() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "logesc").await;
+    let outside = rig.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let target = outside.join("pwned.log");
+
+    // An absolute log_path and one with `..` are refused, naming the field.
+    for bad in [
+        target.display().to_string(),
+        "../../outside/pwned.log".to_string(),
+        "a/../../x.log".to_string(),
+    ] {
+        let mut c = config("esc", "echo hi");
+        c.log_path = bad.clone();
+        let e = try_create(&mut rt, &p, c).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
+        assert!(e.message().contains("log_path"), "{bad}: {e:?}");
+    }
+
+    // A relative log_directory is refused at RunPodSandbox.
+    let mut cfg = rig.pod_config("logrel");
+    cfg.log_directory = "relative/logs".into();
+    let e = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("log_directory"), "{e:?}");
+
+    // Symlinks planted in the log directory: a directory link and a file link, both pointing
+    // out of it. The container starts (or fails to, clearly) and nothing lands outside.
+    std::fs::create_dir_all(&p.log_dir).unwrap();
+    std::os::unix::fs::symlink(&outside, p.log_dir.join("linkdir")).unwrap();
+    std::os::unix::fs::symlink(&target, p.log_dir.join("linkfile.log")).unwrap();
+    for (name, log) in [("viadir", "linkdir/pwned.log"), ("viafile", "linkfile.log")] {
+        let mut c = config(name, "echo escaped; sleep 1");
+        c.log_path = log.into();
+        let id = try_create(&mut rt, &p, c).await.expect("CreateContainer");
+        let started = rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await;
+        if let Err(e) = &started {
+            assert!(e.message().contains(log), "{log}: {e:?}");
+        }
+        wait_state(&mut rt, &id, ContainerState::ContainerExited).await;
+    }
+    assert!(
+        !target.exists(),
+        "a log record was written outside the log directory: {}",
+        std::fs::read_to_string(&target).unwrap_or_default()
+    );
+
+    // A plain relative path in a subdirectory (kubelet's `<name>/<restart>.log`) works.
+    let mut c = config("plain", "echo fine");
+    c.log_path = "plain/0.log".into();
+    let id = try_create(&mut rt, &p, c).await.expect("CreateContainer");
+    start(&mut rt, &id).await;
+    wait_state(&mut rt, &id, ContainerState::ContainerExited).await;
+    let log = p.log_dir.join("plain/0.log");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("fine")
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "no log at {log:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    still_serving(&mut rt).await;
+}
+
+#[tokio::test]
 async fn hostile_user_databases_fail_create_promptly_and_leave_nothing() {
     if !common::require_root() {
         return;

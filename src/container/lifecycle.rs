@@ -140,9 +140,16 @@ async fn create_in(
             .map_err(|e| Error::invalid(format!("image {image_name}: STOPSIGNAL: {e}")))?;
     }
     cri_signal_number(config.stop_signal)?;
+    // Joined only once both are known to stay put: an absolute log_path would replace the
+    // directory and `..` would climb out of it (the writer also opens the file inside the
+    // directory, so a symlink cannot redirect it either).
+    if !config.log_path.is_empty() {
+        crate::safe_fs::check_relative(&config.log_path, "container config: log_path")?;
+    }
     let log_path = if sb.config.log_directory.is_empty() || config.log_path.is_empty() {
         String::new()
     } else {
+        crate::safe_fs::check_absolute_dir(&sb.config.log_directory, "log_directory")?;
         PathBuf::from(&sb.config.log_directory)
             .join(&config.log_path)
             .display()
@@ -154,6 +161,7 @@ async fn create_in(
         image_id: image.id.clone(),
         image_ref: image_ref(&image.name, &image.manifest_digest, &image.id),
         log_path,
+        log_directory: sb.config.log_directory.clone(),
         created_at: task::now_ns(),
         image_stop_signal,
         user: None,
@@ -508,7 +516,7 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
 async fn start_task(rt: &Runtime, c: &Container) -> Result<u32> {
     let tty = c.config.tty;
     let io = ContainerIo::create(&rt.fifo_dir(), &c.id, false, tty)?;
-    let log = logs::spawn_log_writer(&io, PathBuf::from(&c.meta.log_path), tty)?;
+    let log = logs::spawn_log_writer(&io, c.meta.log_target(), tty)?;
     *c.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(log));
     let rootfs = rt
         .ctrd

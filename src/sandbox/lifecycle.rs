@@ -49,11 +49,11 @@ pub fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
             config.hostname
         )));
     }
-    if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
-        return Err(Error::invalid(format!(
-            "pod sandbox config: log_directory {:?} must be an absolute path",
-            config.log_directory
-        )));
+    if !config.log_directory.is_empty() {
+        crate::safe_fs::check_absolute_dir(
+            &config.log_directory,
+            "pod sandbox config: log_directory",
+        )?;
     }
     for (i, p) in config.port_mappings.iter().enumerate() {
         if cri::Protocol::try_from(p.protocol).is_err() {
