@@ -253,3 +253,71 @@ async fn hostile_user_databases_fail_create_promptly_and_leave_nothing() {
     assert!(!Path::new(&views).join(&id).exists());
 }
 
+#[tokio::test]
+async fn a_stop_timeout_near_i64_max_saturates() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "bigstop").await;
+    let id = try_create(
+        &mut rt,
+        &p,
+        config("polite", "trap 'exit 7' TERM; while :; do sleep 0.1; done"),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &id).await;
+    wait_state(&mut rt, &id, ContainerState::ContainerRunning).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // trap installed
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        rt.stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: i64::MAX,
+        }),
+    )
+    .await
+    .expect("StopContainer with timeout i64::MAX did not return");
+    r.expect("StopContainer with timeout i64::MAX");
+    let st = status(&mut rt, &id).await;
+    assert_eq!(st.state, ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 7, "{st:?}");
+    // And a second container with a huge timeout that ignores TERM is still stoppable by a
+    // later short stop (the kubelet's force path), with peapod serving throughout.
+    let stubborn = try_create(
+        &mut rt,
+        &p,
+        config("stubborn", "trap '' TERM; while :; do sleep 0.1; done"),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &stubborn).await;
+    wait_state(&mut rt, &stubborn, ContainerState::ContainerRunning).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut rt2 = rig.runtime_client().await;
+    let sid = stubborn.clone();
+    let long = tokio::spawn(async move {
+        rt2.stop_container(StopContainerRequest {
+            container_id: sid,
+            timeout: i64::MAX - 1,
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    still_serving(&mut rt).await;
+    rt.stop_container(StopContainerRequest {
+        container_id: stubborn.clone(),
+        timeout: 0,
+    })
+    .await
+    .expect("StopContainer 0");
+    let r = tokio::time::timeout(Duration::from_secs(30), long)
+        .await
+        .expect("the long stop returns once the container is gone")
+        .unwrap();
+    r.expect("long StopContainer");
+    assert_eq!(status(&mut rt, &stubborn).await.exit_code, 137);
+    still_serving(&mut rt).await;
+}

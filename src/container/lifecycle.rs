@@ -547,7 +547,9 @@ async fn start_task(rt: &Runtime, c: &Container) -> Result<u32> {
 
 /// Waits until the container is no longer RUNNING, at most `limit`. True if it exited.
 async fn wait_exited(c: &Container, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
+    // kubelet passes terminationGracePeriodSeconds as is; a limit past what the clock can
+    // represent (near i64::MAX seconds) means "no deadline", not an overflow.
+    let deadline = tokio::time::Instant::now().checked_add(limit);
     loop {
         let notified = c.changed.notified();
         tokio::pin!(notified);
@@ -556,8 +558,13 @@ async fn wait_exited(c: &Container, limit: Duration) -> bool {
         if c.state().phase != Phase::Running {
             return true;
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return c.state().phase != Phase::Running;
+        match deadline {
+            Some(d) => {
+                if tokio::time::timeout_at(d, notified).await.is_err() {
+                    return c.state().phase != Phase::Running;
+                }
+            }
+            None => notified.await,
         }
     }
 }
