@@ -109,6 +109,15 @@ impl Runtime {
             if let Ok(cfg) = serde_json::to_string(&self.config) {
                 info.insert("config".to_string(), cfg);
             }
+            // Live tokio tasks: a figure that must return to its level after pod churn (a
+            // leaked log writer, monitor or exec task shows here first).
+            info.insert(
+                "tokioAliveTasks".to_string(),
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks()
+                    .to_string(),
+            );
         }
         cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),

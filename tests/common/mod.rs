@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cri;
+pub mod inventory;
 pub mod oci;
 
 use std::path::{Path, PathBuf};
