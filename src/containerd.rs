@@ -133,6 +133,34 @@ impl Containerd {
         absent_ok(r, || format!("delete lease of {object_id}"))
     }
 
+    /// The ids of the leases in peapod's namespace.
+    pub async fn lease_ids(&self) -> Result<Vec<String>> {
+        use containerd_client::services::v1::ListRequest;
+        Ok(self
+            .leases()
+            .list(self.req(ListRequest { filters: vec![] }))
+            .await
+            .map_err(ctrd("list leases"))?
+            .into_inner()
+            .leases
+            .into_iter()
+            .map(|l| l.id)
+            .collect())
+    }
+
+    /// Deletes a lease by its own id; an absent one is fine.
+    pub async fn delete_lease_id(&self, lease: &str) -> Result<()> {
+        use containerd_client::services::v1::DeleteRequest;
+        let r = self
+            .leases()
+            .delete(self.req(DeleteRequest {
+                id: lease.to_string(),
+                sync: false,
+            }))
+            .await;
+        absent_ok(r, || format!("delete lease {lease}"))
+    }
+
     /// Deletes a containerd container record; an absent one is fine.
     pub async fn delete_container(&self, id: &str) -> Result<()> {
         use containerd_client::services::v1::DeleteContainerRequest;

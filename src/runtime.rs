@@ -172,6 +172,7 @@ impl Runtime {
                 tracing::warn!(dir = %exec_dir.display(), error = %e, "cannot sweep exec FIFOs");
             }
         }
+        crate::store::sweep_temp_files(&self.config.state_dir);
         let mut delay = std::time::Duration::from_millis(200);
         loop {
             // Containers after sandboxes: their events carry their sandbox's status.
@@ -181,6 +182,8 @@ impl Runtime {
             };
             match done.await {
                 Ok(()) => {
+                    crate::sandbox::lifecycle::finish_interrupted_stops(self).await;
+                    self.sweep_orphan_leases().await;
                     self.recovered
                         .store(true, std::sync::atomic::Ordering::SeqCst);
                     tracing::info!("state recovered from containerd");
@@ -191,6 +194,49 @@ impl Runtime {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(std::time::Duration::from_secs(5));
                 }
+            }
+        }
+    }
+
+    /// Leases a crashed peapod left: a pull's (no pull outlives the process) and those of
+    /// sandboxes or containers whose creation was cut off before containerd had a record of
+    /// them. Each holds content or a snapshot from the garbage collector, so each goes, with
+    /// the snapshot of the same key. Runs once recovery has rebuilt the index, before serving.
+    async fn sweep_orphan_leases(&self) {
+        let leases = match self.ctrd.lease_ids().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list leases to sweep orphans");
+                return;
+            }
+        };
+        for lease in leases {
+            let Some(rest) = lease.strip_prefix("peapod-") else {
+                continue;
+            };
+            let orphan = if rest.starts_with("pull-") {
+                true
+            } else {
+                rest.len() == 64
+                    && crate::id::is_valid_ref(rest)
+                    && self.sandboxes.get(rest).is_err()
+                    && self.containers.get(rest).is_err()
+            };
+            if !orphan {
+                continue;
+            }
+            if !rest.starts_with("pull-") {
+                if let Err(e) = self
+                    .ctrd
+                    .remove_snapshot(&self.config.snapshotter, rest)
+                    .await
+                {
+                    tracing::warn!(lease = %lease, error = %e, "remove orphan snapshot");
+                }
+            }
+            match self.ctrd.delete_lease_id(&lease).await {
+                Ok(()) => tracing::info!(lease = %lease, "removed a lease a crash left behind"),
+                Err(e) => tracing::warn!(lease = %lease, error = %e, "remove orphan lease"),
             }
         }
     }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,21 @@ async fn stop_and_remove_pod(rt: &mut Client, id: &str) -> Result<(), tonic::Sta
     })
     .await?;
     Ok(())
+}
+
+/// Removes every pod peapod lists (and so their containers).
+async fn remove_all_pods(rig: &Rig, rt: &mut Client) {
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    for p in pods {
+        if let Err(e) = stop_and_remove_pod(rt, &p.id).await {
+            panic!("remove pod {}: {e}\n{}", p.id, tail(&rig.peapod_log(), 60));
+        }
+    }
 }
 
 fn runtime_ready(s: &StatusResponse) -> Option<&RuntimeCondition> {
@@ -299,6 +315,156 @@ async fn containerd_restart_is_survived_without_restarting_peapod() {
 
 // ---------------------------------------------------------------------------------------
 // SIGKILL of peapod while 20 pods are created and removed concurrently.
+
+#[tokio::test]
+async fn kill_9_under_load_leaves_every_pod_whole_or_gone() {
+    if !common::require_root() {
+        return;
+    }
+    let mut rig = Rig::start().await;
+    let before = rig.inventory();
+    // Early (most pods mid-RunPodSandbox) and late (containers starting, pods going).
+    for (round, delay_ms) in [(0, 400u64), (1, 1500)] {
+        kill_round(&mut rig, round, delay_ms).await;
+        rig.assert_no_leaks(
+            &before,
+            30,
+            &format!("kill -9 round {round}: after removing every pod"),
+        )
+        .await;
+    }
+}
+
+/// 20 workers each run a pod with a container and remove every other pod again; peapod is
+/// killed `delay_ms` in, restarted, and CRI's view is checked against containerd's.
+async fn kill_round(rig: &mut Rig, round: usize, delay_ms: u64) {
+    const PODS: usize = 20;
+    let mut workers = Vec::new();
+    for i in 0..PODS {
+        let mut rt = rig.runtime_client().await;
+        let cfg = rig.pod_config(&format!("k9-{round}-{i}"));
+        workers.push(tokio::spawn(async move {
+            let id = rt
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(cfg.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await?
+                .into_inner()
+                .pod_sandbox_id;
+            let p = Pod {
+                id: id.clone(),
+                log_dir: PathBuf::from(&cfg.log_directory),
+                config: cfg,
+            };
+            run(&mut rt, &p, config("app", "while :; do sleep 0.2; done")).await?;
+            if i % 2 == 0 {
+                stop_and_remove_pod(&mut rt, &id).await?;
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    rig.kill_peapod();
+    let mut cut = 0;
+    for w in workers {
+        if w.await.unwrap().is_err() {
+            cut += 1;
+        }
+    }
+    rig.start_peapod().await;
+    let mut rt = rig.runtime_client().await;
+
+    // CRI's view and containerd's agree: every containerd container is a listed pod or
+    // container, and every listed one exists in containerd.
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let ctrs = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    let cri_ids: BTreeSet<String> = pods
+        .iter()
+        .map(|p| p.id.clone())
+        .chain(ctrs.iter().map(|c| c.id.clone()))
+        .collect();
+    let ctrd_ids: BTreeSet<String> = rig
+        .ctr_list(&["containers", "ls", "-q"])
+        .into_iter()
+        .collect();
+    assert_eq!(
+        cri_ids,
+        ctrd_ids,
+        "round {round}: CRI and containerd disagree after the restart\n{}",
+        tail(&rig.peapod_log(), 60)
+    );
+    // Every ready pod is whole: its pause task running, its IP assigned. A pod whose
+    // creation the kill cut short is gone, not kept half-made; one whose stop it cut short
+    // is stopped.
+    let tasks = String::from_utf8_lossy(&rig.ctr(&["tasks", "ls"]).stdout).to_string();
+    for p in &pods {
+        if p.state != PodSandboxState::SandboxReady as i32 {
+            // A pod whose stop the kill interrupted: stopped, its pause task gone.
+            assert!(
+                !tasks
+                    .lines()
+                    .any(|l| l.starts_with(&p.id) && l.contains("RUNNING")),
+                "round {round}: pod {} is NOTREADY with its pause task running\n{}",
+                p.id,
+                tail(&rig.peapod_log(), 60)
+            );
+            continue;
+        }
+        assert!(
+            tasks
+                .lines()
+                .any(|l| l.starts_with(&p.id) && l.contains("RUNNING")),
+            "round {round}: ready pod {} has no running pause task:\n{tasks}",
+            p.id
+        );
+        let st = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: p.id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        let ip = st.network.map(|n| n.ip).unwrap_or_default();
+        assert!(
+            !ip.is_empty(),
+            "round {round}: ready pod {} has no IP",
+            p.id
+        );
+    }
+    for c in &ctrs {
+        let running = tasks
+            .lines()
+            .any(|l| l.starts_with(&c.id) && l.contains("RUNNING"));
+        if c.state == ContainerState::ContainerRunning as i32 {
+            assert!(
+                running,
+                "round {round}: container {} RUNNING without a task",
+                c.id
+            );
+        }
+    }
+    eprintln!(
+        "kill -9 round {round} ({delay_ms} ms): {PODS} pods, {cut} workers cut off by the kill, \
+         {} pods and {} containers after restart",
+        pods.len(),
+        ctrs.len()
+    );
+    remove_all_pods(rig, &mut rt).await;
+}
 
 // ---------------------------------------------------------------------------------------
 // Churn.
