@@ -78,7 +78,9 @@ impl Containerd {
     }
 
     pub fn containers(&self) -> ContainersClient<Channel> {
-        ContainersClient::new(self.channel.clone())
+        // containerd echoes a created container (spec and CRI config included) back; it
+        // takes requests up to 16 MiB by default, so its answers must be readable too.
+        ContainersClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
     pub fn tasks(&self) -> TasksClient<Channel> {
         TasksClient::new(self.channel.clone())

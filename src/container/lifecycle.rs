@@ -245,6 +245,10 @@ async fn create_in(
             },
         ),
     ]);
+    // Counted as made before the call: a failed answer (a response too large to decode, a
+    // broken connection) does not mean containerd did not create it, and the delete in
+    // the undo is idempotent.
+    made.container = true;
     c.containers()
         .create(c.req_leased(
             CreateContainerRequest {
@@ -272,7 +276,6 @@ async fn create_in(
         ))
         .await
         .map_err(ctrd(format!("create container {id}")))?;
-    made.container = true;
 
     let ctr = Arc::new(Container::new(
         id.to_string(),

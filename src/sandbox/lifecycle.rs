@@ -290,6 +290,10 @@ async fn create(
             value: config.encode_to_vec(),
         },
     );
+    // Counted as made before the call: a failed answer (a response too large to decode, a
+    // broken connection) does not mean containerd did not create it, and the delete in
+    // the undo is idempotent.
+    made.container = true;
     c.containers()
         .create(c.req_leased(
             CreateContainerRequest {
@@ -317,7 +321,6 @@ async fn create(
         ))
         .await
         .map_err(ctrd(format!("create container for sandbox {id}")))?;
-    made.container = true;
 
     task::create(c, id, mounts, task::NO_IO).await?;
     made.task = true;
