@@ -98,9 +98,24 @@ impl Rig {
                 return;
             }
             if start.elapsed() > std::time::Duration::from_secs(secs) {
+                // What peapod logged about each leaked object, to see how it came about.
+                let log = self.peapod_log();
+                let mut about = String::new();
+                for item in added.values().flatten() {
+                    let key = Path::new(item)
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or(item)
+                        .trim_start_matches("peapod-");
+                    let lines: Vec<&str> = log.lines().filter(|l| l.contains(key)).collect();
+                    about.push_str(&format!(
+                        "--- peapod log about {item} ---\n{}\n",
+                        tail(&lines.join("\n"), 15)
+                    ));
+                }
                 panic!(
-                    "{what}: left behind {added:#?}\n--- peapod log tail ---\n{}",
-                    tail(&self.peapod_log(), 60)
+                    "{what}: left behind {added:#?}\n{about}--- peapod log tail ---\n{}",
+                    tail(&log, 60)
                 );
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -174,14 +189,36 @@ fn cgroups_under(parent: &str) -> Vec<String> {
     roots.push("/sys/fs/cgroup".into());
     for root in roots {
         let base = root.join(parent.trim_start_matches('/'));
-        let Ok(rd) = std::fs::read_dir(&base) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.push(e.path().display().to_string());
+        // The cgroups peapod's containers get are named by their 64-hex id; the directories
+        // above them (a pod's own cgroup) are kubelet's to make and remove.
+        let mut stack = vec![(base, 0)];
+        while let Some((d, depth)) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let name = e.file_name().to_string_lossy().into_owned();
+                if has_id(&name) {
+                    out.push(e.path().display().to_string());
+                } else if depth < 4 {
+                    stack.push((e.path(), depth + 1));
+                }
             }
         }
     }
     out
+}
+
+fn has_id(name: &str) -> bool {
+    let mut run = 0;
+    for b in name.bytes() {
+        run = if b.is_ascii_hexdigit() { run + 1 } else { 0 };
+        if run >= 64 {
+            return true;
+        }
+    }
+    false
 }
