@@ -33,6 +33,34 @@ pub struct Runtime {
     /// Set once the index has been rebuilt from containerd; until then state-changing and
     /// listing RPCs answer Unavailable rather than act on an empty index.
     recovered: std::sync::atomic::AtomicBool,
+    /// Containers whose latest state could not be written to the state directory.
+    pub unpersisted: Unpersisted,
+}
+
+/// Objects whose state peapod holds in memory but could not write (disk full, read-only
+/// state directory), with the last error; Status reports them until the retries succeed.
+#[derive(Default)]
+pub struct Unpersisted(std::sync::Mutex<std::collections::BTreeMap<String, String>>);
+
+impl Unpersisted {
+    pub fn note(&self, id: &str, error: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), error.to_string());
+    }
+
+    pub fn clear(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// The number of objects and one of their errors, when there are any.
+    pub fn summary(&self) -> Option<(usize, String, String)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .next()
+            .map(|(id, e)| (m.len(), id.clone(), e.clone()))
+    }
 }
 
 impl Runtime {
@@ -55,6 +83,7 @@ impl Runtime {
             events: tokio::sync::broadcast::channel(1024).0,
             stats: Default::default(),
             recovered: std::sync::atomic::AtomicBool::new(false),
+            unpersisted: Unpersisted::default(),
         })
     }
 
@@ -104,6 +133,20 @@ impl Runtime {
                 "NetworkPluginNotReady",
                 &format!("Network plugin returns error: cni plugin not initialized: {msg}"),
             )),
+        }
+        // Not one of the two conditions kubelet requires, so it does not take the node
+        // down; it tells the operator that recorded state is only in memory.
+        if let Some((n, id, err)) = self.unpersisted.summary() {
+            conditions.push(condition(
+                "StatePersisted",
+                false,
+                "StateWriteFailed",
+                &format!(
+                    "{n} object(s) hold state peapod could not write to {} (retrying); \
+                     e.g. {id}: {err}",
+                    self.config.state_dir.display()
+                ),
+            ));
         }
         if verbose {
             if let Ok(cfg) = serde_json::to_string(&self.config) {

@@ -321,3 +321,98 @@ async fn a_stop_timeout_near_i64_max_saturates() {
     assert_eq!(status(&mut rt, &stubborn).await.exit_code, 137);
     still_serving(&mut rt).await;
 }
+
+fn runtime_condition(s: &StatusResponse, t: &str) -> Option<RuntimeCondition> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.r#type == t)
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_failed_state_write_does_not_wedge_the_container() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "rostate").await;
+    let id = try_create(&mut rt, &p, config("leaving", "sleep 2; exit 3"))
+        .await
+        .unwrap();
+    start(&mut rt, &id).await;
+    wait_state(&mut rt, &id, ContainerState::ContainerRunning).await;
+
+    // The containers' state directory turns read-only (as a full disk would refuse writes)
+    // before the container exits.
+    let dir = rig.state_dir.join("containers");
+    let d = dir.display().to_string();
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount {args:?}: {out:?}");
+    };
+    sh(&["--bind", &d, &d]);
+    sh(&["-o", "remount,ro,bind", &d]);
+    // The exit is reported, with its code, although it cannot be written.
+    let st = wait_state(&mut rt, &id, ContainerState::ContainerExited).await;
+    assert_eq!(st.exit_code, 3, "{st:?}");
+    let s = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = runtime_condition(&s, "StatePersisted").expect("a condition names the problem");
+    assert!(!c.status && c.reason == "StateWriteFailed", "{c:?}");
+    assert!(c.message.contains(&id), "{c:?}");
+    assert!(
+        runtime_condition(&s, "RuntimeReady").is_some_and(|c| c.status),
+        "the node stays ready"
+    );
+    // Stop answers at once instead of waiting for an exit that already happened.
+    let t = Instant::now();
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 10,
+    })
+    .await
+    .expect("StopContainer");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // Writable again: the retry persists the exit, the condition clears, the exited task is
+    // deleted, and the container is removed normally.
+    assert!(std::process::Command::new("umount")
+        .arg(&d)
+        .status()
+        .unwrap()
+        .success());
+    let t = Instant::now();
+    loop {
+        let s = rt
+            .status(StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+        let tasks = rig.ctr_list(&["tasks", "ls", "-q"]);
+        if runtime_condition(&s, "StatePersisted").is_none() && !tasks.contains(&id) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the exit was never persisted: {s:?} {tasks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let saved = std::fs::read_to_string(dir.join(format!("{id}.json"))).unwrap();
+    assert!(saved.contains("\"exit_code\": 3"), "{saved}");
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    still_serving(&mut rt).await;
+}

@@ -600,7 +600,12 @@ pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
         if timeout_s > 0 && !st.stop_signal_sent {
             let sig = stop_signal(&c)?;
             // Recorded first: a repeated stop (now or after a restart) must not signal again.
-            c.update(|s| s.stop_signal_sent = true)?;
+            // A failed write must not stop the stop: the exit's record (retried until
+            // written) carries the flag to disk later.
+            if let Err(e) = c.apply(|s| s.stop_signal_sent = true).1 {
+                tracing::warn!(container = %c.id, error = %e, "cannot persist the stop signal");
+                rt.unpersisted.note(&c.id, &e.to_string());
+            }
             tracing::info!(container = %c.id, signal = sig, "sending stop signal");
             task::kill(&rt.ctrd, &c.id, sig, false).await?;
         }
@@ -659,6 +664,7 @@ pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
         }
     }
     rt.containers.remove(&c.id);
+    rt.unpersisted.clear(&c.id);
     rt.names.release(&c.name, &c.id);
     tracing::info!(container = %c.id, "container removed");
     emit(rt, &c, cri::ContainerEventType::ContainerDeletedEvent);

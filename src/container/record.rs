@@ -157,6 +157,26 @@ impl Container {
         Ok(next)
     }
 
+    /// Changes the state in memory at once, then persists it. The change stands even when
+    /// persisting fails (a full disk, a read-only state directory): it is what happened, and
+    /// a container left RUNNING in memory after its exit wedges every later Stop and Remove.
+    /// The write error is returned for the caller to retry with [`Container::persist`].
+    pub fn apply(&self, f: impl FnOnce(&mut ContainerState)) -> (ContainerState, Result<()>) {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g);
+        let next = g.clone();
+        let written = store::write_json_atomic(&self.state_path, &next);
+        drop(g);
+        self.changed.notify_waiters();
+        (next, written)
+    }
+
+    /// Writes the current state (a retry after [`Container::apply`] could not).
+    pub fn persist(&self) -> Result<()> {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        store::write_json_atomic(&self.state_path, &*g)
+    }
+
     /// The resources in force: the last update's, else the create request's.
     pub fn resources(&self) -> Option<cri::LinuxContainerResources> {
         use prost::Message;
