@@ -416,3 +416,83 @@ async fn a_failed_state_write_does_not_wedge_the_container() {
     .expect("RemoveContainer");
     still_serving(&mut rt).await;
 }
+
+#[tokio::test]
+async fn the_systemd_cgroup_driver_reaches_runc() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start_with(vec!["--cgroup-driver".into(), "systemd".into()]).await;
+    let mut rt = rig.runtime_client().await;
+    let before = rig.inventory();
+    let mut cfg = rig.pod_config("sdpod");
+    // A pod without a parent slice: its pause container's scope goes to system.slice.
+    cfg.linux.as_mut().unwrap().cgroup_parent.clear();
+    let r = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        })
+        .await;
+    let systemd_pid1 = Path::new("/run/systemd/system").exists();
+    if systemd_pid1 {
+        // runc made a systemd scope for the pause container.
+        let id = r
+            .expect("RunPodSandbox under systemd")
+            .into_inner()
+            .pod_sandbox_id;
+        let scope = format!("cri-peapod-{id}.scope");
+        let found = std::fs::read_to_string("/proc/self/mountinfo").is_ok()
+            && walkdir_contains(Path::new("/sys/fs/cgroup"), &scope, 4);
+        assert!(found, "no systemd scope {scope}");
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+    } else {
+        // Without systemd, runc told to use it cannot place the pod: a clear failure rather
+        // than a cgroupfs directory literally named "system.slice:cri-peapod:<id>".
+        let e = r.expect_err("runc was not told to use systemd");
+        assert!(
+            e.message().to_ascii_lowercase().contains("systemd")
+                || e.message().to_ascii_lowercase().contains("dbus"),
+            "{e:?}"
+        );
+        let stray = std::fs::read_dir("/sys/fs/cgroup/memory")
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("system.slice:cri-peapod")
+                })
+            })
+            .unwrap_or(false);
+        assert!(
+            !stray,
+            "a cgroupfs directory named like a systemd path was made"
+        );
+    }
+    rig.assert_no_leaks(&before, 15, "systemd driver").await;
+}
+
+fn walkdir_contains(dir: &Path, name: &str, depth: usize) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy() == name {
+            return true;
+        }
+        if depth > 0
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && walkdir_contains(&e.path(), name, depth - 1)
+        {
+            return true;
+        }
+    }
+    false
+}

@@ -303,7 +303,7 @@ async fn create(
                     image: image.name.clone(),
                     runtime: Some(CtrRuntime {
                         name: rt.config.runtime.clone(),
-                        options: None,
+                        options: rt.host.cgroup_driver.runc_options(&rt.config.runtime),
                     }),
                     spec: Some(prost_types::Any {
                         type_url: SPEC_TYPE_URL.to_string(),
