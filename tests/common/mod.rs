@@ -4,8 +4,10 @@
 //! mounts, bridge, cgroups) is torn down on drop, even when the test failed.
 #![allow(dead_code)]
 
+pub mod bins;
 pub mod cri;
 pub mod inventory;
+pub mod kubelet;
 pub mod oci;
 
 use std::path::{Path, PathBuf};
