@@ -13,61 +13,10 @@ use common::inventory::tail;
 use common::Rig;
 use peapod::cri::*;
 
-use common::cri::{config, pod, status, Client, Pod};
-
-async fn create(rt: &mut Client, pod: &Pod, c: ContainerConfig) -> Result<String, tonic::Status> {
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: pod.id.clone(),
-        config: Some(c),
-        sandbox_config: Some(pod.config.clone()),
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
-async fn run(rt: &mut Client, pod: &Pod, c: ContainerConfig) -> Result<String, tonic::Status> {
-    let id = create(rt, pod, c).await?;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await?;
-    Ok(id)
-}
-
-async fn stop_and_remove_pod(rt: &mut Client, id: &str) -> Result<(), tonic::Status> {
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    Ok(())
-}
-
-/// Removes every pod peapod lists (and so their containers).
-async fn remove_all_pods(rig: &Rig, rt: &mut Client) {
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
-    for p in pods {
-        if let Err(e) = stop_and_remove_pod(rt, &p.id).await {
-            panic!("remove pod {}: {e}\n{}", p.id, tail(&rig.peapod_log(), 60));
-        }
-    }
-}
-
-fn runtime_ready(s: &StatusResponse) -> Option<&RuntimeCondition> {
-    s.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.r#type == "RuntimeReady")
-}
+use common::cri::{
+    config, pod, remove_all_pods, runtime_condition, status, stop_and_remove_pod, try_run as run,
+    Client, Pod,
+};
 
 async fn live_tasks(rig: &Rig, rt: &mut Client) -> usize {
     let s = rt
@@ -241,7 +190,7 @@ async fn containerd_restart_is_survived_without_restarting_peapod() {
             .await
             .expect("Status while containerd is down")
             .into_inner();
-        let c = runtime_ready(&s).expect("RuntimeReady condition").clone();
+        let c = runtime_condition(&s, "RuntimeReady").expect("RuntimeReady condition");
         if !c.status {
             assert!(!c.reason.is_empty(), "{c:?}");
             break;
@@ -264,7 +213,7 @@ async fn containerd_restart_is_survived_without_restarting_peapod() {
             .await
             .unwrap()
             .into_inner();
-        if runtime_ready(&s).is_some_and(|c| c.status) {
+        if runtime_condition(&s, "RuntimeReady").is_some_and(|c| c.status) {
             break;
         }
         assert!(
@@ -463,7 +412,7 @@ async fn kill_round(rig: &mut Rig, round: usize, delay_ms: u64) {
         pods.len(),
         ctrs.len()
     );
-    remove_all_pods(rig, &mut rt).await;
+    remove_all_pods(&mut rt).await;
 }
 
 // ---------------------------------------------------------------------------------------

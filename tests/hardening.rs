@@ -12,41 +12,7 @@ use common::oci::{self, Special};
 use common::Rig;
 use peapod::cri::*;
 
-use common::cri::{config, pod, status, Client, Pod};
-
-async fn try_create(
-    rt: &mut Client,
-    pod: &Pod,
-    c: ContainerConfig,
-) -> Result<String, tonic::Status> {
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: pod.id.clone(),
-        config: Some(c),
-        sandbox_config: Some(pod.config.clone()),
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
-async fn start(rt: &mut Client, id: &str) {
-    rt.start_container(StartContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .expect("StartContainer");
-}
-
-async fn wait_state(rt: &mut Client, id: &str, state: ContainerState) -> ContainerStatus {
-    let t = Instant::now();
-    loop {
-        let st = status(rt, id).await;
-        if st.state == state as i32 {
-            return st;
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "{id}: {st:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::cri::{config, pod, runtime_condition, start, status, try_create, wait_state, Client};
 
 async fn still_serving(rt: &mut Client) {
     rt.version(VersionRequest::default())
@@ -109,7 +75,7 @@ async fn log_paths_cannot_leave_the_log_directory() {
         if let Err(e) = &started {
             assert!(e.message().contains(log), "{log}: {e:?}");
         }
-        wait_state(&mut rt, &id, ContainerState::ContainerExited).await;
+        wait_state(&mut rt, &id, ContainerState::ContainerExited, 30).await;
     }
     assert!(
         !target.exists(),
@@ -122,7 +88,7 @@ async fn log_paths_cannot_leave_the_log_directory() {
     c.log_path = "plain/0.log".into();
     let id = try_create(&mut rt, &p, c).await.expect("CreateContainer");
     start(&mut rt, &id).await;
-    wait_state(&mut rt, &id, ContainerState::ContainerExited).await;
+    wait_state(&mut rt, &id, ContainerState::ContainerExited, 30).await;
     let log = p.log_dir.join("plain/0.log");
     let t = Instant::now();
     while !std::fs::read_to_string(&log)
@@ -269,7 +235,7 @@ async fn a_stop_timeout_near_i64_max_saturates() {
     .await
     .unwrap();
     start(&mut rt, &id).await;
-    wait_state(&mut rt, &id, ContainerState::ContainerRunning).await;
+    wait_state(&mut rt, &id, ContainerState::ContainerRunning, 30).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // trap installed
     let r = tokio::time::timeout(
         Duration::from_secs(30),
@@ -294,7 +260,7 @@ async fn a_stop_timeout_near_i64_max_saturates() {
     .await
     .unwrap();
     start(&mut rt, &stubborn).await;
-    wait_state(&mut rt, &stubborn, ContainerState::ContainerRunning).await;
+    wait_state(&mut rt, &stubborn, ContainerState::ContainerRunning, 30).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut rt2 = rig.runtime_client().await;
     let sid = stubborn.clone();
@@ -322,15 +288,6 @@ async fn a_stop_timeout_near_i64_max_saturates() {
     still_serving(&mut rt).await;
 }
 
-fn runtime_condition(s: &StatusResponse, t: &str) -> Option<RuntimeCondition> {
-    s.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.r#type == t)
-        .cloned()
-}
-
 #[tokio::test]
 async fn a_failed_state_write_does_not_wedge_the_container() {
     if !common::require_root() {
@@ -343,7 +300,7 @@ async fn a_failed_state_write_does_not_wedge_the_container() {
         .await
         .unwrap();
     start(&mut rt, &id).await;
-    wait_state(&mut rt, &id, ContainerState::ContainerRunning).await;
+    wait_state(&mut rt, &id, ContainerState::ContainerRunning, 30).await;
 
     // The containers' state directory turns read-only (as a full disk would refuse writes)
     // before the container exits.
@@ -359,7 +316,7 @@ async fn a_failed_state_write_does_not_wedge_the_container() {
     sh(&["--bind", &d, &d]);
     sh(&["-o", "remount,ro,bind", &d]);
     // The exit is reported, with its code, although it cannot be written.
-    let st = wait_state(&mut rt, &id, ContainerState::ContainerExited).await;
+    let st = wait_state(&mut rt, &id, ContainerState::ContainerExited, 30).await;
     assert_eq!(st.exit_code, 3, "{st:?}");
     let s = rt
         .status(StatusRequest { verbose: false })
