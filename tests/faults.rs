@@ -272,8 +272,9 @@ async fn kill_9_under_load_leaves_every_pod_whole_or_gone() {
     }
     let mut rig = Rig::start().await;
     let before = rig.inventory();
-    // Early (most pods mid-RunPodSandbox) and late (containers starting, pods going).
-    for (round, delay_ms) in [(0, 400u64), (1, 1500)] {
+    // Early (most pods mid-RunPodSandbox), later (containers starting) and late (pods
+    // ready, half of them being removed).
+    for (round, delay_ms) in [(0, 400u64), (1, 1500), (2, 3000)] {
         kill_round(&mut rig, round, delay_ms).await;
         rig.assert_no_leaks(
             &before,
