@@ -13,6 +13,7 @@ pub mod image;
 pub mod metrics;
 pub mod network;
 pub mod runtime;
+pub mod safe_fs;
 pub mod sandbox;
 pub mod server;
 pub mod spec;
