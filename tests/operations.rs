@@ -422,3 +422,100 @@ fn config_show_applies_file_then_environment_then_flags() {
     );
     assert_eq!(shown.state_dir, Path::new("/var/lib/peapod"));
 }
+
+/// The kind node image cannot be built here (no Docker engine), so its recipe is checked on
+/// paper: the Dockerfile's RUN step is run against a containerd config laid out as
+/// kindest/node's, with its paths moved into a temporary directory.
+#[test]
+fn the_kind_node_recipe_disables_containerds_cri_and_configures_peapod() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("deploy/kind/Dockerfile")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // kindest/node's /etc/containerd/config.toml, in outline.
+    std::fs::write(
+        d.join("config.toml"),
+        "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  \
+         snapshotter = \"overlayfs\"\n  default_runtime_name = \"runc\"\n\n\
+         [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:3.9\"\n",
+    )
+    .unwrap();
+    // The RUN step: its backslash-continued lines joined, paths moved under `d`.
+    let start = dockerfile.find("RUN set -eu;").expect("the RUN step");
+    let mut run = String::new();
+    for line in dockerfile[start + 4..].lines() {
+        let (text, more) = match line.trim_end().strip_suffix('\\') {
+            Some(t) => (t, true),
+            None => (line, false),
+        };
+        run.push_str(text);
+        run.push(' ');
+        if !more {
+            break;
+        }
+    }
+    let peapod = common::peapod_bin();
+    let script = run
+        .replace(
+            "/etc/containerd/config.toml",
+            &d.join("config.toml").display().to_string(),
+        )
+        .replace(
+            "/usr/local/bin/peapod config show",
+            &format!(
+                "PEAPOD_CONFIG={} {} config show",
+                d.join("peapod/config.toml").display(),
+                peapod.display()
+            ),
+        )
+        .replace("/etc/peapod", &d.join("peapod").display().to_string())
+        .replace("systemctl enable peapod.service", "true");
+    let o = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(o.status.success(), "{script}\n{o:?}");
+
+    let ctrd: toml::Table =
+        toml::from_str(&std::fs::read_to_string(d.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(
+        ctrd["disabled_plugins"],
+        toml::Value::Array(vec!["io.containerd.grpc.v1.cri".into()]),
+        "{ctrd:?}"
+    );
+    // What `kind load` reads from `containerd config dump` is still there.
+    assert_eq!(
+        ctrd["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["snapshotter"].as_str(),
+        Some("overlayfs")
+    );
+    let cfg =
+        peapod::config::Config::from_file(&d.join("peapod/config.toml")).expect("peapod config");
+    assert_eq!(cfg.cgroup_driver, peapod::cgroup::Driver::Systemd);
+    assert_eq!(cfg.sandbox_image, "registry.k8s.io/pause:3.9");
+
+    // Every endpoint the recipe and the deploy files name is peapod's default socket, and
+    // every file the Dockerfile copies is staged by the build script.
+    let socket = format!(
+        "unix://{}",
+        peapod::config::Config::default().listen.display()
+    );
+    for f in [
+        "deploy/kind-config.yaml",
+        "deploy/kind/crictl.yaml",
+        "deploy/kubelet-config.yaml",
+        "deploy/crictl.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        let endpoints: Vec<&str> = text
+            .split_whitespace()
+            .filter(|w| w.starts_with("unix://"))
+            .collect();
+        assert!(!endpoints.is_empty(), "{f} names no endpoint");
+        assert!(endpoints.iter().all(|e| *e == socket), "{f}: {endpoints:?}");
+    }
+    let build = std::fs::read_to_string(root.join("deploy/kind/build-node-image.sh")).unwrap();
+    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ")) {
+        let src = line.split_whitespace().nth(1).unwrap();
+        assert!(
+            build.contains(&format!("/{src} ")) || build.contains(&format!("/{src}\n")),
+            "the build script does not stage {src}"
+        );
+    }
+}
