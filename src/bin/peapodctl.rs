@@ -70,13 +70,49 @@ enum Cmd {
     Pull { image: String },
     /// List containers (ListContainers).
     Ps,
+    /// Create and start a container in a pod; prints its id (CreateContainer + StartContainer).
+    /// peapod takes the pod's config from its own record, so none is sent.
+    Run {
+        /// The pod sandbox's id.
+        pod: String,
+        name: String,
+        #[arg(long)]
+        image: String,
+        /// Environment variable KEY=VALUE; repeat for several.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Command and arguments [default: the image's entrypoint and cmd].
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Run a command in a running container and print its output (ExecSync); exits with the
+    /// command's exit code.
+    Exec {
+        id: String,
+        /// Seconds before the command is killed (0: no limit).
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: i64,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a container's log (the CRI log file ContainerStatus names).
+    Logs { id: String },
+    /// Stop a container (StopContainer).
+    Stop {
+        id: String,
+        /// Seconds to wait after the stop signal before SIGKILL.
+        #[arg(long, default_value_t = 10)]
+        timeout: i64,
+    },
+    /// Remove a container (RemoveContainer).
+    Rm { id: String },
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("peapodctl: {e}");
             ExitCode::FAILURE
@@ -153,7 +189,7 @@ async fn connect(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> 
         })
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let ch = connect(&cli.endpoint, Duration::from_secs(cli.timeout)).await?;
     let mut rs = RuntimeServiceClient::new(ch.clone());
     let mut is = ImageServiceClient::new(ch);
@@ -422,8 +458,119 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             print_table(&rows);
         }
+        Cmd::Run {
+            pod,
+            name,
+            image,
+            env,
+            command,
+        } => {
+            let envs = env
+                .iter()
+                .map(|kv| {
+                    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+                    KeyValue {
+                        key: key.into(),
+                        value: value.into(),
+                    }
+                })
+                .collect();
+            let config = ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: name.clone(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image,
+                    ..Default::default()
+                }),
+                command,
+                envs,
+                log_path: format!("{name}.log"),
+                ..Default::default()
+            };
+            let id = rs
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod,
+                    config: Some(config),
+                    sandbox_config: None,
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            rs.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            println!("{id}");
+        }
+        Cmd::Exec {
+            id,
+            timeout_secs,
+            command,
+        } => {
+            let r = rs
+                .exec_sync(ExecSyncRequest {
+                    container_id: id,
+                    cmd: command,
+                    timeout: timeout_secs,
+                })
+                .await?
+                .into_inner();
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&r.stdout);
+            let _ = std::io::stderr().write_all(&r.stderr);
+            return Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8));
+        }
+        Cmd::Logs { id } => {
+            let st = rs
+                .container_status(ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                })
+                .await?
+                .into_inner()
+                .status
+                .unwrap_or_default();
+            if st.log_path.is_empty() {
+                return Err(Failure::Connect(format!("container {id} has no log file")));
+            }
+            let text = std::fs::read_to_string(&st.log_path)
+                .map_err(|e| Failure::Connect(format!("read {}: {e}", st.log_path)))?;
+            print!("{}", cri_log_text(&text));
+        }
+        Cmd::Stop { id, timeout } => {
+            rs.stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout,
+            })
+            .await?;
+            println!("{id}");
+        }
+        Cmd::Rm { id } => {
+            rs.remove_container(RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            println!("{id}");
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The messages of a CRI log file (`<time> <stream> <P|F> <message>` per line), partial
+/// lines (`P`) joined with what follows, as `crictl logs` prints them.
+fn cri_log_text(file: &str) -> String {
+    let mut out = String::new();
+    for line in file.lines() {
+        let mut f = line.splitn(4, ' ');
+        let (_, _, tag, msg) = (f.next(), f.next(), f.next(), f.next().unwrap_or(""));
+        out.push_str(msg);
+        if tag != Some("P") {
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
@@ -592,6 +739,14 @@ mod tests {
             split_tag("localhost:5000/a"),
             ("localhost:5000/a".into(), "<none>".into())
         );
+    }
+
+    #[test]
+    fn log_lines() {
+        let f = "2026-01-01T00:00:00Z stdout F hello\n\
+                 2026-01-01T00:00:00Z stderr P par\n\
+                 2026-01-01T00:00:00Z stderr F tial\n";
+        assert_eq!(cri_log_text(f), "hello\npartial\n");
     }
 
     #[test]
