@@ -1,0 +1,3 @@
+//! The streaming server behind Exec, Attach and PortForward.
+
+pub mod spdy;
