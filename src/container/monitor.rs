@@ -53,6 +53,7 @@ pub fn spawn(rt: Arc<Runtime>, c: Arc<Container>) {
 pub async fn record_exit(rt: &Runtime, c: &Container, exit: task::Exit) {
     let oom = oom_killed(rt, c);
     finish_log(c).await;
+    c.stdin.lock().await.take();
     remove_fifos(rt, &c.id);
     let code = exit.code as i32;
     let reason = if oom {
