@@ -22,6 +22,8 @@ use crate::runtime::Runtime;
 #[derive(Clone)]
 pub struct Peapod {
     pub rt: Arc<Runtime>,
+    /// Where Exec/Attach/PortForward requests are cached and served.
+    pub streaming: Arc<crate::streaming::Streaming>,
 }
 
 /// Binds the CRI socket. A stale socket file is replaced; a live peapod already serving
@@ -51,10 +53,11 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
 /// Serves both CRI services on `listener` until `shutdown` resolves.
 pub async fn serve(
     rt: Arc<Runtime>,
+    streaming: Arc<crate::streaming::Streaming>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    let svc = Peapod { rt };
+    let svc = Peapod { rt, streaming };
     tonic::transport::Server::builder()
         .layer(tower::layer::layer_fn(RpcTrace))
         .add_service(
