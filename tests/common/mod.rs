@@ -4,6 +4,7 @@
 //! mounts, bridge, cgroups) is torn down on drop, even when the test failed.
 #![allow(dead_code)]
 
+pub mod bins;
 pub mod cri;
 pub mod oci;
 
