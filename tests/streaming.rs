@@ -25,7 +25,13 @@ struct Crictl {
 
 impl Crictl {
     fn new(rig: &Rig) -> Option<Crictl> {
-        let bin = common::bins::unpack("crictl")?;
+        let bin = match common::bins::real_binary("crictl") {
+            Ok(b) => b,
+            Err(why) => {
+                common::bins::missing("streaming tests", &why);
+                return None;
+            }
+        };
         let config = rig.dir.path().join("crictl.yaml");
         let ep = format!("unix://{}", rig.peapod_socket.display());
         std::fs::write(
@@ -414,13 +420,7 @@ async fn fetch(local: u16) -> std::io::Result<String> {
     Ok(sha256_hex(body))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::bins::free_port;
 
 /// `crictl port-forward POD LOCAL:REMOTE` in the background, ready once it says so.
 struct Forwarder(std::process::Child);
@@ -777,5 +777,203 @@ async fn a_port_forward_error_stays_on_its_own_connection() {
         assert_eq!(text(&got), payload);
         data.writer.close().await;
     }
+    conn.close().await;
+}
+
+/// A WebSocket client handshake by hand (the rig needs no HTTP client): returns the socket and
+/// the subprotocol the server chose.
+async fn ws_connect(
+    url: &str,
+    protocols: &[&str],
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    String,
+) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let i = rest.find('/').unwrap();
+    let (host, path) = (&rest[..i], &rest[i..]);
+    let mut tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: {}\r\n\r\n",
+        protocols.join(", ")
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    let head = text(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{head}"
+    );
+    let proto = head
+        .lines()
+        .find_map(|l| l.strip_prefix("sec-websocket-protocol: "))
+        .unwrap_or("")
+        .to_string();
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        tcp,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    (ws, proto)
+}
+
+/// What crictl does not exercise: the v4 base64 channel protocol for exec, the legacy v4
+/// WebSocket port-forward, and terminal resizes reaching the exec's pty.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_channel_protocols_and_terminal_resize() {
+    if !common::require_root() {
+        return;
+    }
+    use base64::Engine;
+    use futures::{SinkExt, StreamExt};
+    use peapod::streaming::client;
+    use peapod::streaming::spdy::Headers;
+    use tokio_tungstenite::tungstenite::Message;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let pod = pod(&rig, &mut rt, "ws").await;
+    let id = run(&mut rt, &pod, config("app", "exec nc -ll -p 7000 -e cat")).await;
+
+    // Exec over v4.base64: text messages '0'+channel then base64, status JSON on channel 3.
+    let url = rt
+        .exec(ExecRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "read x; echo \"got $x\"; echo err >&2; exit 7".into(),
+            ],
+            tty: false,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (mut ws, proto) = ws_connect(&url, &["v4.base64.channel.k8s.io"]).await;
+    assert_eq!(proto, "v4.base64.channel.k8s.io");
+    ws.send(Message::text(format!("0{}", b64.encode("hi\n"))))
+        .await
+        .unwrap();
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    let mut closed_normally = false;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        match m.unwrap() {
+            Message::Text(t) => {
+                let data = b64.decode(&t.as_str()[1..]).unwrap();
+                match t.as_str().as_bytes()[0] {
+                    b'1' => out.extend(data),
+                    b'2' => err.extend(data),
+                    b'3' => status.extend(data),
+                    c => panic!("unexpected channel {c}"),
+                }
+            }
+            Message::Close(f) => {
+                closed_normally = f.is_some_and(|f| u16::from(f.code) == 1000);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(text(&out), "got hi\n");
+    assert_eq!(text(&err), "err\n");
+    let st: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(st["reason"], "NonZeroExitCode", "{st}");
+    assert_eq!(st["details"]["causes"][0]["message"], "7", "{st}");
+    assert!(closed_normally, "the server ends with a normal close");
+
+    // Legacy v4 WebSocket port-forward: ports from the request, data on channel 0, errors on 1,
+    // each channel first says its port (little-endian).
+    let url = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.id.clone(),
+            port: vec![7000],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (mut ws, proto) = ws_connect(&url, &["v4.channel.k8s.io"]).await;
+    assert_eq!(proto, "v4.channel.k8s.io");
+    let mut firsts = Vec::new();
+    while firsts.len() < 2 {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Binary(b) => firsts.push(b.to_vec()),
+            other => panic!("{other:?}"),
+        }
+    }
+    firsts.sort();
+    assert_eq!(firsts, vec![vec![0, 0x58, 0x1b], vec![1, 0x58, 0x1b]]);
+    let payload = b"echo through a websocket\n".repeat(100);
+    let mut msg = vec![0u8];
+    msg.extend_from_slice(&payload);
+    ws.send(Message::binary(msg)).await.unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < payload.len() {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                assert_eq!(b[0], 0, "data comes on channel 0");
+                echoed.extend_from_slice(&b[1..]);
+            }
+            other => panic!("after {} bytes: {other:?}", echoed.len()),
+        }
+    }
+    assert_eq!(echoed, payload);
+    let _ = ws.close(None).await;
+
+    // A resize reaches the exec's terminal before the command reads its size.
+    let url = rt
+        .exec(ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "sleep 2; stty size".into()],
+            tty: true,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (conn, _) = client::connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let open = |t: &'static str| {
+        let conn = conn.clone();
+        async move {
+            conn.open_stream(Headers::new().with("streamType", t))
+                .await
+                .unwrap()
+        }
+    };
+    let mut error = open("error").await;
+    let _stdin = open("stdin").await;
+    let mut stdout = open("stdout").await;
+    let resize = open("resize").await;
+    resize
+        .writer
+        .write(bytes::Bytes::from_static(
+            b"{\"Width\":123,\"Height\":45}\n",
+        ))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(b) = stdout.reader.recv().await {
+        out.extend_from_slice(&b);
+    }
+    let mut status = Vec::new();
+    while let Some(b) = error.reader.recv().await {
+        status.extend_from_slice(&b);
+    }
+    assert_eq!(text(&out).trim(), "45 123");
+    assert_eq!(text(&status), r#"{"metadata":{},"status":"Success"}"#);
     conn.close().await;
 }

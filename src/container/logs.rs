@@ -912,6 +912,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn attached_subscribers_get_the_raw_output_and_the_log_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = ContainerIo::create(dir.path(), "a", false, false).unwrap();
+        let log = dir.path().join("a.log");
+        let handle = spawn_log_writer(&io, log.clone(), false).unwrap();
+        let mut out1 = handle.tee().subscribe(Stream::Stdout);
+        let mut out2 = handle.tee().subscribe(Stream::Stdout);
+        let mut err = handle.tee().subscribe(Stream::Stderr);
+        let mut o = shim_writer(io.stdout_path());
+        let mut e = shim_writer(io.stderr_path().unwrap());
+        o.write_all(b"partial").unwrap();
+        e.write_all(b"oops\n").unwrap();
+        let got = |rx: &mut mpsc::Receiver<bytes::Bytes>| {
+            let mut v = Vec::new();
+            while let Ok(b) = rx.try_recv() {
+                v.extend_from_slice(&b);
+            }
+            v
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(got(&mut out1), b"partial");
+        assert_eq!(got(&mut out2), b"partial");
+        assert_eq!(got(&mut err), b"oops\n");
+        // A client that went away does not stop the others.
+        drop(out2);
+        o.write_all(b" line\n").unwrap();
+        drop(o);
+        drop(e);
+        tokio::time::timeout(Duration::from_secs(10), handle.closed())
+            .await
+            .unwrap();
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), out1.recv())
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&b" line\n"[..])
+        );
+        // EOF of the container's output ends every subscription, later ones at once.
+        assert!(out1.recv().await.is_none());
+        assert!(err.recv().await.is_none());
+        assert!(handle
+            .tee()
+            .subscribe(Stream::Stdout)
+            .recv()
+            .await
+            .is_none());
+        let mut lines = lines_of(&log);
+        lines.sort();
+        assert_eq!(lines, vec!["stderr F oops", "stdout F partial line"]);
+    }
+
+    #[tokio::test]
+    async fn a_tty_has_no_stderr_to_attach_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = ContainerIo::create(dir.path(), "t2", false, true).unwrap();
+        let handle = spawn_log_writer(&io, PathBuf::new(), true).unwrap();
+        assert!(handle
+            .tee()
+            .subscribe(Stream::Stderr)
+            .recv()
+            .await
+            .is_none());
+        drop(shim_writer(io.stdout_path()));
+        handle.closed().await;
+    }
+
+    #[tokio::test]
     async fn reopen_after_the_writer_stopped_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let io = ContainerIo::create(dir.path(), "s", false, true).unwrap();

@@ -121,10 +121,7 @@ pub fn header_list(h: &HeaderMap, name: &str) -> Vec<String> {
 
 /// The first protocol the client offers that the server supports (the client's order wins),
 /// or the response to send instead (`httpstream.Handshake`).
-pub fn negotiate(
-    h: &HeaderMap,
-    supported: &[&'static str],
-) -> Result<String, Box<Response<Body>>> {
+pub fn negotiate(h: &HeaderMap, supported: &[&'static str]) -> Result<String, Box<Response<Body>>> {
     let offered = header_list(h, PROTOCOL_HEADER);
     if offered.is_empty() {
         return Err(Box::new(plain(

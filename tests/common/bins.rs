@@ -1,13 +1,14 @@
-//! The real Kubernetes clients from `../shared/bin` (crictl, kubelet): unpacked once into
-//! `target/e2e-bin/`, checked against `SHA256SUMS`. A missing binary is a loud skip outside CI
-//! and a failure in CI (CI=true).
+//! The real clients (kubelet, crictl) from `../shared/bin`: xz-compressed static binaries,
+//! unpacked once into `target/e2e-bin/` and checked against the folder's SHA256SUMS, then
+//! reused by every later run. Nothing is downloaded.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-/// `$PEAPOD_SHARED_BIN`, else `../shared/bin` next to the project root.
+/// `$PEAPOD_SHARED_BIN`, else `../shared/bin` from the project root (CI has the same layout).
 pub fn shared_bin_dir() -> PathBuf {
     match std::env::var_os("PEAPOD_SHARED_BIN") {
         Some(p) => PathBuf::from(p),
@@ -15,68 +16,106 @@ pub fn shared_bin_dir() -> PathBuf {
     }
 }
 
+/// Where unpacked binaries are cached across runs.
+fn cache_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("e2e-bin")
+}
+
+/// True in CI, where a missing prerequisite is a failure rather than a skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// Says why a test cannot run: panics in CI, prints a loud skip otherwise.
-pub fn missing(what: &str) {
+/// A prerequisite is missing: fails under CI=true, else says loudly that the test is skipped.
+pub fn missing(test: &str, why: &str) {
     if in_ci() {
-        panic!("CI=true and a prerequisite is missing: {what}");
+        panic!("{test}: {why} (CI=true: a missing prerequisite is a failure)");
     }
-    eprintln!("\n*** SKIPPED: {what} ***\n");
+    eprintln!("SKIPPED {test}: {why}");
 }
 
-fn sha256_file(p: &Path) -> Option<String> {
-    let data = std::fs::read(p).ok()?;
-    Some(hex::encode(Sha256::digest(&data)))
+fn sha256_hex(p: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
-/// The unpacked, verified binary `name` (e.g. "crictl"), or `None` after [`missing`].
-pub fn unpack(name: &str) -> Option<PathBuf> {
-    let src = shared_bin_dir();
-    let xz = src.join(format!("{name}.xz"));
-    let sums = std::fs::read_to_string(src.join("SHA256SUMS")).unwrap_or_default();
-    let Some(want) = sums
-        .lines()
-        .filter_map(|l| l.split_once(char::is_whitespace))
-        .find(|(_, f)| f.trim().trim_start_matches('*') == name)
-        .map(|(h, _)| h.trim().to_string())
-    else {
-        missing(&format!(
-            "{} has no checksum for {name}",
-            src.join("SHA256SUMS").display()
+/// The expected checksum of the uncompressed `name`, from SHA256SUMS.
+fn expected_sum(dir: &Path, name: &str) -> Result<String, String> {
+    let sums = dir.join("SHA256SUMS");
+    let text = std::fs::read_to_string(&sums)
+        .map_err(|e| format!("cannot read {}: {e}", sums.display()))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?, it.next()?.trim_start_matches('*')))
+        })
+        .find(|(_, n)| *n == name)
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .ok_or_else(|| format!("{name} is not listed in {}", sums.display()))
+}
+
+/// The unpacked, verified binary `name` (e.g. "kubelet"), or why it is unavailable.
+pub fn real_binary(name: &str) -> Result<PathBuf, String> {
+    let dir = shared_bin_dir();
+    let xz = dir.join(format!("{name}.xz"));
+    if !xz.is_file() {
+        return Err(format!(
+            "{} not found (set PEAPOD_SHARED_BIN to the folder holding it)",
+            xz.display()
         ));
-        return None;
-    };
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-bin");
-    let out = cache.join(name);
-    if sha256_file(&out).as_deref() == Some(want.as_str()) {
-        return Some(out);
     }
-    if !xz.exists() {
-        missing(&format!("{} (the shared test binaries)", xz.display()));
-        return None;
+    let sum = expected_sum(&dir, name)?;
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).map_err(|e| format!("mkdir {}: {e}", cache.display()))?;
+    // The checksum in the file name: a new binary in ../shared/bin gets a new cache entry.
+    let out = cache.join(format!("{name}-{}", &sum[..16]));
+    if out.is_file() && sha256_hex(&out).is_ok_and(|s| s == sum) {
+        return Ok(out);
     }
-    std::fs::create_dir_all(&cache).expect("create target/e2e-bin");
-    // Unpacked under a unique name and renamed, so parallel tests never see half a binary.
-    let tmp = cache.join(format!(".{name}.{}", std::process::id()));
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(r#"xz -dc "$1" > "$2" && chmod 0755 "$2""#)
-        .arg("sh")
+    // Unpack beside the final name and rename, so concurrent runs never see half a file.
+    let tmp = cache.join(format!(".{name}.{}.tmp", std::process::id()));
+    let f = std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    let st = Command::new("xz")
+        .arg("-dc")
         .arg(&xz)
-        .arg(&tmp)
+        .stdout(f)
         .status()
-        .expect("run xz");
-    assert!(status.success(), "xz -dc {} failed", xz.display());
-    let got = sha256_file(&tmp).unwrap_or_default();
-    assert_eq!(
-        got,
-        want,
-        "{name} from {} does not match SHA256SUMS",
-        xz.display()
-    );
-    std::fs::rename(&tmp, &out).expect("rename the unpacked binary");
-    Some(out)
+        .map_err(|e| format!("run xz (apt-get install xz-utils): {e}"))?;
+    if !st.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("xz -dc {} failed: {st}", xz.display()));
+    }
+    let got = sha256_hex(&tmp).map_err(|e| format!("read {}: {e}", tmp.display()))?;
+    if got != sum {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "{name} unpacked from {} has sha256 {got}, SHA256SUMS says {sum}",
+            xz.display()
+        ));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).map_err(|e| format!("rename to {}: {e}", out.display()))?;
+    Ok(out)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for a child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
 }
