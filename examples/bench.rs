@@ -278,7 +278,9 @@ async fn stream_pod(
             return Ok((pod, ctr));
         }
         if start.elapsed() > Duration::from_secs(60) {
-            return Err(tonic::Status::internal("httpd did not come up in the bench pod"));
+            return Err(tonic::Status::internal(
+                "httpd did not come up in the bench pod",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
