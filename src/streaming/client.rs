@@ -7,7 +7,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::spdy::{Connection, Headers, Role, Stream};
@@ -25,8 +25,21 @@ pub async fn connect(url: &str, protocols: &[&str]) -> io::Result<(Connection, S
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let mut tcp = TcpStream::connect(authority).await?;
+    let tcp = TcpStream::connect(authority).await?;
     tcp.set_nodelay(true)?;
+    handshake(tcp, authority, path, protocols).await
+}
+
+/// The SPDY upgrade over an established byte stream (TCP, or TLS to kubelet's port).
+pub async fn handshake<T>(
+    mut io: T,
+    authority: &str,
+    path: &str,
+    protocols: &[&str],
+) -> io::Result<(Connection, String)>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut head = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n"
     );
@@ -34,7 +47,8 @@ pub async fn connect(url: &str, protocols: &[&str]) -> io::Result<(Connection, S
         head.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
     }
     head.push_str("\r\n");
-    tcp.write_all(head.as_bytes()).await?;
+    io.write_all(head.as_bytes()).await?;
+    io.flush().await?;
     // Byte by byte up to the blank line: the server sends nothing after its 101 until we do,
     // but nothing of the SPDY stream may be swallowed here either way.
     let mut resp = Vec::new();
@@ -42,7 +56,7 @@ pub async fn connect(url: &str, protocols: &[&str]) -> io::Result<(Connection, S
         if resp.len() > MAX_HEAD {
             return Err(io::Error::other("upgrade response head too large"));
         }
-        let b = tcp.read_u8().await?;
+        let b = io.read_u8().await?;
         resp.push(b);
     }
     let text = String::from_utf8_lossy(&resp).into_owned();
@@ -50,7 +64,7 @@ pub async fn connect(url: &str, protocols: &[&str]) -> io::Result<(Connection, S
     if status != "101" {
         // Read what body there is, for the message.
         let mut body = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut body))
+        let n = tokio::time::timeout(Duration::from_secs(2), io.read(&mut body))
             .await
             .unwrap_or(Ok(0))
             .unwrap_or(0);
@@ -66,7 +80,7 @@ pub async fn connect(url: &str, protocols: &[&str]) -> io::Result<(Connection, S
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("x-stream-protocol-version"))
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_default();
-    let (conn, _incoming) = Connection::new(tcp, Role::Client, super::IDLE_TIMEOUT);
+    let (conn, _incoming) = Connection::new(io, Role::Client, super::IDLE_TIMEOUT);
     Ok((conn, protocol))
 }
 

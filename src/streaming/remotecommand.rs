@@ -105,12 +105,10 @@ where
     });
 
     let mut pumps: Vec<JoinHandle<()>> = Vec::new();
-    let stdin = streams.stdin.as_ref().map(|_| ());
     let (stdin_rx, stdin_writer) = match streams.stdin {
         Some((reader, writer)) => (Some(forward_input(reader)), Some(writer)),
         None => (None, None),
     };
-    debug_assert_eq!(stdin.is_some(), stdin_rx.is_some());
     let stdout = streams.stdout.map(|w| {
         let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
         pumps.push(tokio::spawn(pump_output(rx, w)));
