@@ -34,7 +34,14 @@ pub fn missing(test: &str, why: &str) {
     if in_ci() {
         panic!("{test}: {why} (CI=true: a missing prerequisite is a failure)");
     }
-    eprintln!("SKIPPED {test}: {why}");
+    loud(&format!("SKIPPED {test}: {why}"));
+}
+
+/// A line on the real stderr: the test harness captures `eprintln!` of passing tests, and
+/// a skip or a measurement must show in CI's log all the same.
+pub fn loud(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn sha256_hex(p: &Path) -> std::io::Result<String> {
