@@ -254,10 +254,16 @@ async fn crictl_exec_output_stdin_tty_and_exit_codes_over_spdy_and_websocket() {
         status(&mut rt, &id).await.state,
         ContainerState::ContainerRunning as i32
     );
-    let left: Vec<_> = std::fs::read_dir(rig.state_dir.join("exec"))
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "exec fifos left: {left:?}");
+    // (Removed right after each exec's answer, so give the last one a moment.)
+    let exec_dir = rig.state_dir.join("exec");
+    let gone = common::eventually(Duration::from_secs(5), || {
+        let left: Vec<_> = std::fs::read_dir(&exec_dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        async move { left.is_empty().then_some(()) }
+    })
+    .await;
+    assert!(gone.is_some(), "exec fifos left in {}", exec_dir.display());
 }
 
 /// `crictl attach -i` to a shell started with stdin and stdin_once: a command written is run,

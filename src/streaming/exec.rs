@@ -74,9 +74,15 @@ async fn exec(rt: &Runtime, req: cri::ExecRequest, mut s: Session) -> Result<u32
     let exec_id = crate::id::generate()[..32].to_string();
     let io = ContainerIo::create(&fifo_dir(rt), &exec_id, req.stdin, req.tty)?;
     let result = run_process(c, id, &exec_id, &io, process, req.tty, &mut s).await;
-    if let Err(e) = io.remove() {
-        tracing::warn!(container = id, error = %e, "removing exec fifos failed");
-    }
+    // The process has exited (or never started): the client's answer need not wait for the
+    // clean-up, which is idempotent (an exec that was never created is simply not found).
+    let (c, id) = (c.clone(), id.to_string());
+    tokio::spawn(async move {
+        delete_process(&c, &id, &exec_id).await;
+        if let Err(e) = io.remove() {
+            tracing::warn!(container = %id, error = %e, "removing exec fifos failed");
+        }
+    });
     result
 }
 
@@ -129,7 +135,6 @@ async fn run_process(
         for o in &outputs {
             o.abort();
         }
-        delete_process(c, id, exec_id).await;
         return Err(e);
     }
     let input = match (s.stdin.take(), stdin) {
@@ -176,7 +181,6 @@ async fn run_process(
     if let Some(h) = resizes {
         h.abort();
     }
-    delete_process(c, id, exec_id).await;
     Ok(code? as u32)
 }
 
