@@ -37,6 +37,23 @@ pub fn missing(test: &str, why: &str) {
     loud(&format!("SKIPPED {test}: {why}"));
 }
 
+/// Root and the unpacked binary `name`, which every real-client test needs; None (after
+/// saying so, or failing under CI) when one is missing.
+pub fn require(test: &str, name: &str) -> Option<PathBuf> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        missing(test, "needs root");
+        return None;
+    }
+    match real_binary(name) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            missing(test, &e);
+            None
+        }
+    }
+}
+
 /// A line on the real stderr: the test harness captures `eprintln!` of passing tests, and
 /// a skip or a measurement must show in CI's log all the same.
 pub fn loud(line: &str) {
