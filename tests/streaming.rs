@@ -18,6 +18,15 @@ use common::Rig;
 
 const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
 
+/// Root is a prerequisite: a loud skip outside CI, a failure under CI=true.
+fn root() -> bool {
+    if common::require_root() {
+        return true;
+    }
+    common::bins::missing("tests/streaming.rs", "needs root");
+    false
+}
+
 struct Crictl {
     bin: PathBuf,
     config: PathBuf,
@@ -143,7 +152,7 @@ async fn wait_exited(rt: &mut Client, id: &str) -> ContainerStatus {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crictl_exec_output_stdin_tty_and_exit_codes_over_spdy_and_websocket() {
-    if !common::require_root() {
+    if !root() {
         return;
     }
     let rig = Rig::start().await;
@@ -315,7 +324,7 @@ async fn attach_once(rig: &Rig, crictl: &Crictl, rt: &mut Client, pod: &Pod, tra
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crictl_attach_to_a_stdin_once_shell_over_spdy_and_websocket() {
-    if !common::require_root() {
+    if !root() {
         return;
     }
     let rig = Rig::start().await;
@@ -333,7 +342,7 @@ async fn crictl_attach_to_a_stdin_once_shell_over_spdy_and_websocket() {
 /// the CRI log.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_clients_attach_to_a_tty_container_and_the_log_keeps_its_output() {
-    if !common::require_root() {
+    if !root() {
         return;
     }
     let rig = Rig::start().await;
@@ -484,7 +493,7 @@ impl Drop for Forwarder {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crictl_port_forward_moves_1mib_over_ten_connections_and_to_a_host_network_pod() {
-    if !common::require_root() {
+    if !root() {
         return;
     }
     let rig = Rig::start().await;
@@ -541,7 +550,7 @@ async fn crictl_port_forward_moves_1mib_over_ten_connections_and_to_a_host_netwo
 /// server does not speak gets a 4xx, not a hang.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_streaming_requests_are_refused_cleanly() {
-    if !common::require_root() {
+    if !root() {
         return;
     }
     let rig = Rig::start().await;
@@ -723,7 +732,7 @@ async fn bad_streaming_requests_are_refused_cleanly() {
 /// listens fails on its own error stream, and the others carry on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_port_forward_error_stays_on_its_own_connection() {
-    if !common::require_root() {
+    if !root() {
         return;
     }
     use peapod::streaming::client;
@@ -834,7 +843,7 @@ async fn ws_connect(
 /// WebSocket port-forward, and terminal resizes reaching the exec's pty.
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_channel_protocols_and_terminal_resize() {
-    if !common::require_root() {
+    if !root() {
         return;
     }
     use base64::Engine;
