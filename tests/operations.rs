@@ -90,6 +90,39 @@ async fn metrics_count_a_pod_lifecycle() {
         .expect_err("status of an unknown container");
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
+    // An exec through the streaming server: one session, over when the command ends.
+    let url = rt
+        .exec(ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["echo".into(), "streamed".into()],
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    let (conn, _) = peapod::streaming::client::connect(&url, &["v4.channel.k8s.io"])
+        .await
+        .expect("SPDY upgrade");
+    let out = peapod::streaming::client::run_command(&conn, None, true)
+        .await
+        .expect("exec");
+    assert_eq!(out.stdout, b"streamed\n");
+    let sessions = common::eventually(Duration::from_secs(10), || async {
+        let text = scrape(port);
+        let done = sample(&text, r#"peapod_streaming_sessions_total{kind="exec"}"#) == Some(1.0)
+            && sample(&text, r#"peapod_streaming_sessions_active{kind="exec"}"#) == Some(0.0);
+        done.then_some(())
+    })
+    .await;
+    assert!(
+        sessions.is_some(),
+        "exec session not counted:\n{}",
+        scrape(port)
+    );
+
     // While it runs: the pod and its container by state.
     let text = scrape(port);
     assert_eq!(
