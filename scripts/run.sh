@@ -238,7 +238,7 @@ show_demo() {
     say "peapodctl logs $web   (httpd logs each request to stderr)"
     sleep 0.5
     ctl logs "$web" || ok=1
-    say "peapodctl exec $web -- sh -c '...'   (ExecSync: inside the pod's namespaces)"
+    say "peapodctl exec $web -- sh -c '...'   (through peapod's streaming server, as kubectl exec)"
     ctl exec "$web" -- sh -c 'echo "hostname: $(hostname)"; ip addr show eth0 | grep inet; ps' || ok=1
     say "peapod check   (what would stop this node from running pods)"
     "$PEAPOD" "${PEAPOD_FLAGS[@]}" check || warn "peapod check found problems (above)"

@@ -85,11 +85,15 @@ enum Cmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Run a command in a running container and print its output (ExecSync); exits with the
-    /// command's exit code.
+    /// Run a command in a running container and print its output; exits with the command's
+    /// exit code. Through the streaming server (Exec, SPDY as crictl and kubelet use it), or
+    /// with --sync through ExecSync.
     Exec {
         id: String,
-        /// Seconds before the command is killed (0: no limit).
+        /// Use ExecSync instead of the streaming server.
+        #[arg(long)]
+        sync: bool,
+        /// With --sync: seconds before the command is killed (0: no limit).
         #[arg(long, default_value_t = 10)]
         timeout_secs: i64,
         #[arg(last = true, required = true)]
@@ -506,6 +510,43 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Cmd::Exec {
             id,
+            sync: false,
+            command,
+            ..
+        } => {
+            let url = rs
+                .exec(ExecRequest {
+                    container_id: id,
+                    cmd: command,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .url;
+            let stream_err =
+                |e: std::io::Error| Failure::Connect(format!("exec stream {url}: {e}"));
+            let (conn, _) = peapod::streaming::client::connect(&url, &["v4.channel.k8s.io"])
+                .await
+                .map_err(stream_err)?;
+            let r = peapod::streaming::client::run_command(&conn, None, true)
+                .await
+                .map_err(stream_err)?;
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&r.stdout);
+            let _ = std::io::stderr().write_all(&r.stderr);
+            let code = r.exit_code().ok_or_else(|| {
+                Failure::Connect(format!(
+                    "exec ended without an exit status: {}",
+                    String::from_utf8_lossy(&r.status)
+                ))
+            })?;
+            return Ok(ExitCode::from(code.min(255) as u8));
+        }
+        Cmd::Exec {
+            id,
+            sync: true,
             timeout_secs,
             command,
         } => {
