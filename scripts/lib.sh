@@ -17,3 +17,23 @@ add_cargo_to_path() {
 require_root() {
     [ "$(id -u)" -eq 0 ] || die "run as root (sudo bash $0): peapod and containerd manage namespaces, mounts and cgroups"
 }
+
+# The Debian archive this machine's apt uses (first "/debian" URI of its sources), for
+# debootstrap and for Debian 13 downloads; PEAPOD_DEBIAN_MIRROR overrides. One awk over
+# the files, no pipeline: an early `exit` in a pipe would SIGPIPE the writer (pipefail).
+debian_mirror() {
+    if [ -n "${PEAPOD_DEBIAN_MIRROR:-}" ]; then
+        echo "${PEAPOD_DEBIAN_MIRROR%/}"
+        return
+    fi
+    local m f files=()
+    for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list /etc/apt/sources.list; do
+        [ -f "$f" ] && files+=("$f")
+    done
+    m=
+    if [ ${#files[@]} -gt 0 ]; then
+        m=$(awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^https?:\/\/.*\/debian\/?$/) { sub(/\/$/, "", $i); print $i; exit } }' \
+            "${files[@]}" || true)
+    fi
+    echo "${m:-http://deb.debian.org/debian}"
+}

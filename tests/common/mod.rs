@@ -178,13 +178,27 @@ disabled_plugins = [{disabled}]
         let cfg_path = d.join("containerd.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
+        let containerd = containerd_bin();
+        let mut cmd = Command::new(&containerd);
+        // containerd finds its shim on PATH: the one beside the chosen containerd first.
+        if let Some(dir) = containerd.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut dirs = vec![dir.to_path_buf()];
+            dirs.extend(std::env::split_paths(&path));
+            cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
+        }
+        let child = cmd
             .arg("--config")
             .arg(&cfg_path)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("start containerd (apt-get install containerd)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {} (apt-get install containerd, or set {CONTAINERD_ENV}): {e}",
+                    containerd.display()
+                )
+            });
         self.containerd = Some(child);
         wait_for_socket(
             &self.containerd_socket,
@@ -359,7 +373,7 @@ disabled_plugins = [{disabled}]
     }
 
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
+        Command::new(ctr_bin())
             .arg("--address")
             .arg(&self.containerd_socket)
             .arg("--namespace")
@@ -464,6 +478,28 @@ pub async fn unix_channel(path: &Path) -> Channel {
         }))
         .await
         .unwrap_or_else(|e| panic!("connect to {shown}: {e}"))
+}
+
+/// Chooses the containerd the rig starts (e.g. `target/containerd/2.1.5/bin/containerd`, as
+/// scripts/containerd-versions.sh prepares them); its `ctr` and shim are taken from the same
+/// folder. Unset: Debian's `containerd` on PATH.
+pub const CONTAINERD_ENV: &str = "PEAPOD_TEST_CONTAINERD";
+
+pub fn containerd_bin() -> PathBuf {
+    match std::env::var_os(CONTAINERD_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("containerd"),
+    }
+}
+
+/// The `ctr` beside the chosen containerd, so the client speaks the daemon's own version of
+/// the API, else the one on PATH.
+pub fn ctr_bin() -> PathBuf {
+    let containerd = containerd_bin();
+    match containerd.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && dir.join("ctr").exists() => dir.join("ctr"),
+        _ => PathBuf::from("ctr"),
+    }
 }
 
 /// The peapod binary to run: $PEAPOD_BIN (examples/bench.rs passes the release build),
