@@ -3,7 +3,8 @@
 # Nothing a developer's machine already has can help it:
 #   1. debootstrap a minimal Debian 12 root (--variant=minbase: essential packages and apt)
 #      into a temporary folder under /var/tmp, with the apt sources a Debian 12 install has
-#      (bookworm, bookworm-updates, bookworm-security) on this machine's mirror;
+#      (bookworm, bookworm-updates, bookworm-security) on this machine's mirror, and the
+#      network settings a machine here has (resolv.conf, local CA certificates);
 #   2. put a clean clone of the project's HEAD in it (committed work only, no target/);
 #   3. chroot into it (/proc, /sys and /dev mounted, unmounted again on every exit path)
 #      with an emptied environment, and run `bash scripts/setup.sh --no-build` (packages and
@@ -110,6 +111,14 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+# The network's own trust anchors (e.g. a TLS-inspecting egress proxy's CA), which any machine
+# on this network carries; ca-certificates, installed by setup.sh, adds them to the bundle.
+local_cas=(/usr/local/share/ca-certificates/*.crt)
+if [ -e "${local_cas[0]}" ]; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp -L "${local_cas[@]}" "$root/usr/local/share/ca-certificates/"
+    say "network: copied ${#local_cas[@]} local CA certificate(s) from /usr/local/share/ca-certificates"
+fi
 phase debootstrap
 
 # 2. The project: a clone of HEAD, so only what is committed is checked.
