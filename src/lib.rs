@@ -5,6 +5,7 @@
 pub mod config;
 pub mod container;
 pub mod containerd;
+pub mod containerd_caps;
 pub mod error;
 pub mod id;
 pub mod image;
