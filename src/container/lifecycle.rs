@@ -246,7 +246,9 @@ async fn create_in(
                     image: image.name.clone(),
                     runtime: Some(CtrRuntime {
                         name: rt.config.runtime.clone(),
-                        options: None,
+                        options: Some(crate::containerd_caps::runc_options(
+                            rt.config.cgroup_driver == "systemd",
+                        )),
                     }),
                     spec: Some(prost_types::Any {
                         type_url: SPEC_TYPE_URL.to_string(),
