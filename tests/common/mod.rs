@@ -169,10 +169,11 @@ disabled_plugins = [{disabled}]
             state = d.join("containerd-state").display(),
             sock = self.containerd_socket.display(),
             extra = self.containerd_extra_config,
+            // 2.x splits its CRI into three plugins; 1.x ignores the ids it lacks.
             disabled = if self.builtin_cri {
                 ""
             } else {
-                "\"io.containerd.grpc.v1.cri\""
+                r#""io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime""#
             },
         );
         let cfg_path = d.join("containerd.toml");
@@ -500,6 +501,28 @@ pub fn ctr_bin() -> PathBuf {
         Some(dir) if !dir.as_os_str().is_empty() && dir.join("ctr").exists() => dir.join("ctr"),
         _ => PathBuf::from("ctr"),
     }
+}
+
+/// The version the chosen containerd binary reports (`1.6.20~ds1`, `v2.1.5`), and its major.
+pub fn containerd_bin_version() -> (String, u32) {
+    let out = Command::new(containerd_bin())
+        .arg("--version")
+        .output()
+        .expect("containerd --version");
+    // "containerd github.com/containerd/containerd[/v2] <version> <revision>"
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("containerd --version said {text:?}"))
+        .to_string();
+    let major = v
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("containerd version {v:?}"));
+    (v, major)
 }
 
 /// The peapod binary to run: $PEAPOD_BIN (examples/bench.rs passes the release build),
