@@ -37,3 +37,19 @@ debian_mirror() {
     fi
     echo "${m:-http://deb.debian.org/debian}"
 }
+
+# Sums the per-binary "test result:" lines of a cargo test log: prints "passed failed ignored".
+# With "e2e", only the end-to-end binaries (those cargo announces as "Running tests/...");
+# with "unit", only the others (unit tests, doc-tests).
+cargo_tally() {
+    awk -v want="${2:-all}" '
+        /^ *Running / { sec = ($2 ~ /^tests\//) ? "e2e" : "unit" }
+        /^ *Doc-tests / { sec = "unit" }
+        /^test result:/ && (want == "all" || want == sec) {
+            for (i = 1; i <= NF; i++) {
+                if ($(i+1) ~ /^passed/) p += $i
+                if ($(i+1) ~ /^failed/) f += $i
+                if ($(i+1) ~ /^ignored/) g += $i
+            }
+        } END { print p+0, f+0, g+0 }' "$1"
+}
