@@ -1,5 +1,7 @@
 //! The CRI gRPC layer: a unix socket, per-RPC tracing, and the two services.
 
+pub mod authority;
+mod deadline;
 mod image_rpc;
 mod runtime_rpc;
 
@@ -10,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::cri::{
     image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer,
@@ -48,28 +49,86 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-/// Serves both CRI services on `listener` until `shutdown` resolves.
+/// Serves both CRI services on `listener` until `shutdown` resolves, then lets the
+/// RPCs in flight finish (the caller bounds how long it waits).
+///
+/// The routes are served on hyper directly rather than through tonic's transport server
+/// for two reasons: each connection goes through [`authority::AuthorityFix`] (kubelet sends
+/// the socket path as `:authority`), and the client's deadline is answered with
+/// DEADLINE_EXCEEDED by [`deadline::Deadline`], where tonic's would say CANCELLED.
 pub async fn serve(
     rt: Arc<Runtime>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let svc = Peapod { rt };
-    tonic::transport::Server::builder()
-        .layer(tower::layer::layer_fn(RpcTrace))
-        .add_service(
-            RuntimeServiceServer::new(svc.clone())
-                .max_decoding_message_size(16 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
-        .add_service(
-            ImageServiceServer::new(svc)
-                .max_decoding_message_size(16 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| Error::internal(format!("CRI server: {e}")))
+    let routes = tonic::service::Routes::new(
+        RuntimeServiceServer::new(svc.clone())
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(64 << 20),
+    )
+    .add_service(
+        ImageServiceServer::new(svc)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(64 << 20),
+    )
+    .prepare();
+    let service = deadline::Deadline(RpcTrace(routes));
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, service.clone(), closing.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept on the CRI socket failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    let _ = closing_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn serve_connection<S>(
+    stream: tokio::net::UnixStream,
+    service: S,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(authority::AuthorityFix::new(stream));
+    let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        // As tonic's server: no cap on concurrent calls from the one trusted client.
+        .max_concurrent_streams(None)
+        .serve_connection(io, hyper_util::service::TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = closing.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "CRI connection ended with an error");
+    }
 }
 
 static NEXT_RPC: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
