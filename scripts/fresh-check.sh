@@ -11,7 +11,8 @@
 #      toolchain, as the README's commands do), then `bash scripts/setup.sh` (cargo build).
 # If no toolchain can be installed the README's way, it stops after the package step and
 # says so, and fails under CI=true.
-#   sudo bash scripts/fresh-check.sh [--keep]   # --keep: leave the root for a look
+#   sudo bash scripts/fresh-check.sh [--keep] [--ref COMMIT]
+#   (--keep: leave the root for a look; --ref: check that commit instead of HEAD)
 # The debootstrap download is cached as a tarball of Debian's .debs in target/fresh-check/
 # (refreshed after 7 days); the root itself is always built anew.
 set -euo pipefail
@@ -20,11 +21,18 @@ cd "$(dirname "$0")/.."
 require_root
 
 keep=0
-for a in "$@"; do
-    case "$a" in
+ref=HEAD
+while [ $# -gt 0 ]; do
+    case "$1" in
         --keep) keep=1 ;;
-        *) die "unknown argument: $a (usage: fresh-check.sh [--keep])" ;;
+        --ref)
+            [ $# -ge 2 ] || die "--ref needs a commit"
+            ref=$2
+            shift
+            ;;
+        *) die "unknown argument: $1 (usage: fresh-check.sh [--keep] [--ref COMMIT])" ;;
     esac
+    shift
 done
 
 repo=$PWD
@@ -121,9 +129,9 @@ if [ -e "${local_cas[0]}" ]; then
 fi
 phase debootstrap
 
-# 2. The project: a clone of HEAD, so only what is committed is checked.
-head=$(git rev-parse HEAD)
-if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+# 2. The project: a clone of HEAD (or --ref), so only what is committed is checked.
+head=$(git rev-parse --verify "$ref^{commit}") || die "no commit $ref"
+if [ "$ref" = HEAD ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; then
     warn "uncommitted changes are not part of the check: it checks HEAD ($head)"
 fi
 git clone --quiet --no-checkout "$repo" "$root/root/peapod"
