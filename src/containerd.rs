@@ -217,7 +217,15 @@ impl Containerd {
             .iter()
             .map(|p| p.to_string())
             .collect();
-        let cri_plugins_loaded = self.loaded_plugins(&cri_plugins).await?;
+        // containerd answered its version, so it is up: a failed probe is reported, not
+        // cached, and tried again at the next call.
+        let (cri_plugins_loaded, complete) = match self.loaded_plugins(&cri_plugins).await {
+            Ok(l) => (l, server.is_some()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containerd's plugins");
+                (Vec::new(), false)
+            }
+        };
         let deprecations = if containerd_caps::reports_deprecations(release) {
             server
                 .map(|s| {
@@ -238,7 +246,10 @@ impl Containerd {
             cri_plugins_loaded,
             deprecations,
         };
-        *cached = Some((identity, caps.clone()));
+        tracing::debug!(%identity, ?caps, complete, "probed containerd");
+        if complete {
+            *cached = Some((identity, caps.clone()));
+        }
         Ok(caps)
     }
 
