@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Driver;
 use crate::error::{Error, Result};
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/peapod/config.toml";
@@ -35,7 +36,11 @@ pub struct Config {
     /// Image of each pod's infra (pause) container.
     pub sandbox_image: String,
     /// cgroup driver: "cgroupfs" or "systemd"; must match kubelet's --cgroup-driver.
-    pub cgroup_driver: String,
+    pub cgroup_driver: Driver,
+    /// Leave out hugepage limits (kubelet sets one per page size on every container), as
+    /// containerd's option of the same name does; false applies them where the host has a
+    /// hugetlb cgroup controller. Limits of any controller the host lacks are always left out.
+    pub disable_hugetlb_controller: bool,
     /// containerd-style registry host configuration directory (<dir>/<host>/hosts.toml).
     pub registry_config_dir: PathBuf,
     /// Optional credentials file (docker config.json format) used when a pull has no AuthConfig.
@@ -69,7 +74,8 @@ impl Default for Config {
             cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             netns_dir: "/var/run/netns".into(),
             sandbox_image: "registry.k8s.io/pause:3.10".into(),
-            cgroup_driver: "cgroupfs".into(),
+            cgroup_driver: Driver::Cgroupfs,
+            disable_hugetlb_controller: true,
             registry_config_dir: "/etc/containerd/certs.d".into(),
             registry_credentials_file: None,
             image_pull_progress_timeout_secs: 300,
@@ -122,6 +128,9 @@ pub struct Cli {
     /// cgroup driver, "cgroupfs" or "systemd"; must match kubelet's. [default: cgroupfs]
     #[arg(long)]
     pub cgroup_driver: Option<String>,
+    /// Leave out hugepage limits, as containerd does by default; false applies them where the host has a hugetlb controller. [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub disable_hugetlb_controller: Option<bool>,
     /// Registry hosts directory in containerd's hosts.toml layout. [default: /etc/containerd/certs.d]
     #[arg(long)]
     pub registry_config_dir: Option<PathBuf>,
@@ -171,7 +180,7 @@ impl Config {
             cni_conf_dir,
             netns_dir,
             sandbox_image,
-            cgroup_driver,
+            disable_hugetlb_controller,
             registry_config_dir,
             image_pull_progress_timeout_secs,
             stream_address,
@@ -179,6 +188,9 @@ impl Config {
             log_level,
             log_format
         );
+        if let Some(d) = &cli.cgroup_driver {
+            cfg.cgroup_driver = d.parse()?;
+        }
         if cli.registry_credentials_file.is_some() {
             cfg.registry_credentials_file = cli.registry_credentials_file.clone();
         }
@@ -200,12 +212,6 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if !matches!(self.cgroup_driver.as_str(), "cgroupfs" | "systemd") {
-            return Err(Error::invalid(format!(
-                "cgroup_driver must be \"cgroupfs\" or \"systemd\", not {:?}",
-                self.cgroup_driver
-            )));
-        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(Error::invalid(format!(
                 "log_format must be \"text\" or \"json\", not {:?}",
@@ -249,6 +255,43 @@ mod tests {
         assert_eq!(c.namespace, "filens");
         assert_eq!(c.snapshotter, "overlayfs");
         assert_eq!(c.sandbox_image, "registry.k8s.io/pause:3.10");
+    }
+
+    #[test]
+    fn the_documented_config_file_holds_the_defaults() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/peapod.toml");
+        assert_eq!(Config::from_file(&f).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn hugepage_limits_are_left_out_unless_asked_for() {
+        assert!(Config::default().disable_hugetlb_controller);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "disable_hugetlb_controller = false\ncgroup_driver = \"systemd\"\n",
+        )
+        .unwrap();
+        let from_file = Config::load(&Cli {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!from_file.disable_hugetlb_controller);
+        assert_eq!(from_file.cgroup_driver, Driver::Systemd);
+        let flagged = Config::load(&Cli {
+            config: Some(f),
+            disable_hugetlb_controller: Some(true),
+            cgroup_driver: Some("cgroupfs".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(flagged.disable_hugetlb_controller);
+        assert_eq!(flagged.cgroup_driver, Driver::Cgroupfs);
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "cgroup_driver = \"cgroupsfs\"\n").unwrap();
+        assert!(Config::from_file(&bad).is_err());
     }
 
     #[test]

@@ -10,8 +10,9 @@ use containerd_client::services::v1::{
     events_client::EventsClient, images_client::ImagesClient,
     introspection_client::IntrospectionClient, leases_client::LeasesClient,
     snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
-    version_client::VersionClient, PluginsRequest,
+    version_client::VersionClient, PluginsRequest, SubscribeRequest,
 };
+use containerd_client::types::Envelope;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
@@ -110,6 +111,20 @@ impl Containerd {
     }
     pub fn version_client(&self) -> VersionClient<Channel> {
         VersionClient::new(self.channel.clone())
+    }
+
+    /// containerd's events on `topic` in peapod's namespace, as a stream that ends (or
+    /// fails) when the connection breaks; the caller subscribes again.
+    pub async fn subscribe(&self, topic: &str) -> Result<tonic::Streaming<Envelope>> {
+        let filter = format!("topic==\"{topic}\",namespace==\"{}\"", self.namespace);
+        Ok(self
+            .events()
+            .subscribe(tonic::Request::new(SubscribeRequest {
+                filters: vec![filter],
+            }))
+            .await
+            .map_err(ctrd(format!("subscribe to {topic} events")))?
+            .into_inner())
     }
 
     /// Creates the lease that holds an object's snapshot and records while they are made.

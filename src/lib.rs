@@ -2,6 +2,7 @@
 //!
 //! The gRPC layer (`server`) only validates and translates; the domain modules hold the logic.
 
+pub mod cgroup;
 pub mod config;
 pub mod container;
 pub mod containerd;

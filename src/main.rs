@@ -67,6 +67,8 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     // yet: clients queue until recovery is done, so the first RPCs see the whole index.
     // If containerd is down, recovery goes on in the background and serving starts anyway,
     // so Status can say why the runtime is not ready.
+    // Before recovery, so no OOM kill reported meanwhile is missed.
+    peapod::container::oom::watch(rt.clone());
     let rec = rt.clone();
     let mut recovery = tokio::spawn(async move { rec.recover().await });
     if tokio::time::timeout(std::time::Duration::from_secs(10), &mut recovery)

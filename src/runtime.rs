@@ -133,14 +133,9 @@ impl Runtime {
     }
 
     pub fn runtime_config(&self) -> cri::RuntimeConfigResponse {
-        let driver = if self.config.cgroup_driver == "systemd" {
-            cri::CgroupDriver::Systemd
-        } else {
-            cri::CgroupDriver::Cgroupfs
-        };
         cri::RuntimeConfigResponse {
             linux: Some(cri::LinuxRuntimeConfiguration {
-                cgroup_driver: driver as i32,
+                cgroup_driver: cri::CgroupDriver::from(self.host.cgroup_driver) as i32,
             }),
         }
     }

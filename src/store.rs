@@ -119,6 +119,23 @@ impl<T: Indexed> Index<T> {
             .ok_or_else(|| Error::not_found(format!("{} {id_or_prefix:?} not found", T::KIND)))
     }
 
+    /// For the idempotent RPCs (StopContainer, RemoveContainer, StopPodSandbox,
+    /// RemovePodSandbox): what `id_or_prefix` names, or None when it names nothing, whatever
+    /// its form (a UUID, a path, 65 characters): containerd 2.x answers those with OK, and
+    /// kubelet retries a failed removal for ever. Such an id is never looked up further, so
+    /// it reaches no path or containerd filter. A prefix naming several objects is still an
+    /// error.
+    pub fn find(&self, id_or_prefix: &str) -> Result<Option<Arc<T>>> {
+        if !crate::id::is_valid_ref(id_or_prefix) {
+            return Ok(None);
+        }
+        match self.get(id_or_prefix) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn all(&self) -> Vec<Arc<T>> {
         self.map
             .read()
@@ -233,6 +250,35 @@ mod tests {
             resolve_prefix(ids.iter(), "../x", "pod"),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    #[derive(Debug)]
+    struct Obj(String);
+    impl Indexed for Obj {
+        const KIND: &'static str = "thing";
+        fn id(&self) -> &str {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn find_treats_what_names_nothing_as_absent() {
+        let idx: Index<Obj> = Index::default();
+        idx.insert(Arc::new(Obj("abc1".into())));
+        idx.insert(Arc::new(Obj("abd2".into())));
+        assert_eq!(idx.find("abc").unwrap().unwrap().0, "abc1");
+        for nothing in [
+            "ff",
+            "7f1f1e2d-3c4b-4a5e-9f8a-0b1c2d3e4f50",
+            "../../etc",
+            &"a".repeat(65),
+        ] {
+            assert!(idx.find(nothing).unwrap().is_none(), "{nothing}");
+        }
+        assert!(matches!(idx.find("ab"), Err(Error::InvalidArgument(_))));
+        // The non-idempotent lookup keeps telling the two apart.
+        assert!(idx.get("ff").unwrap_err().is_not_found());
+        assert!(matches!(idx.get("../x"), Err(Error::InvalidArgument(_))));
     }
 
     #[test]

@@ -509,6 +509,311 @@ async fn memory_limit_gives_oomkilled() {
 }
 
 #[tokio::test]
+async fn stop_and_remove_of_an_id_that_names_nothing_are_not_errors() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "idem").await;
+    let live = run(&mut rt, &p, config("live", FOREVER)).await;
+    let unknown = "0".repeat(64);
+    let nothing = [
+        // cri-tools' idempotence specs pass a UUID.
+        "7f1f1e2d-3c4b-4a5e-9f8a-0b1c2d3e4f50".to_string(),
+        unknown.clone(),
+        "../../etc".to_string(),
+        "garbage id!".to_string(),
+        // Too long to be an id, though it starts with a live one.
+        format!("{live}0"),
+        format!("{}0", p.id),
+    ];
+    for id in &nothing {
+        rt.stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopContainer {id:?}: {e}"));
+        rt.remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer {id:?}: {e}"));
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox {id:?}: {e}"));
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox {id:?}: {e}"));
+    }
+    // Nothing that exists was touched.
+    assert_eq!(
+        status(&mut rt, &live).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    let sb = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: p.id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(sb.state, PodSandboxState::SandboxReady as i32);
+
+    // The other RPCs still say NotFound for an id that could name a container but does not,
+    // and InvalidArgument for one that cannot be an id at all.
+    let e = rt
+        .container_status(ContainerStatusRequest {
+            container_id: unknown.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .start_container(StartContainerRequest {
+            container_id: unknown.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: unknown,
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .container_status(ContainerStatusRequest {
+            container_id: nothing[0].clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // An empty id is a malformed request, even for Stop.
+    let e = rt
+        .stop_container(StopContainerRequest {
+            container_id: String::new(),
+            timeout: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    stop(&mut rt, &live, 0).await;
+}
+
+/// A container that allocates far beyond `limit` bytes of memory.
+fn memory_hog(name: &str, limit: i64, script: &str) -> ContainerConfig {
+    let mut c = config(name, script);
+    c.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+const HOG: &str = "x=$(head -c 200000000 /dev/zero | tr '\\000' a); echo survived";
+
+/// A pod without `cgroup_parent`: runc places its containers below the shim's own cgroup,
+/// which no path computed from the pod can name.
+async fn pod_without_cgroup_parent(rig: &Rig, rt: &mut Client, name: &str) -> Pod {
+    common::cri::pod_with(rig, rt, name, |c| {
+        c.linux.as_mut().unwrap().cgroup_parent.clear();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn memory_limit_gives_oomkilled_without_a_cgroup_parent() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod_without_cgroup_parent(&rig, &mut rt, "oom-noparent").await;
+    let id = run(&mut rt, &p, memory_hog("hog", 32 << 20, HOG)).await;
+    let st = wait_exited(&mut rt, &id).await;
+    assert_eq!(st.reason, "OOMKilled", "{st:?}\n{}", rig.peapod_log());
+    assert_eq!(st.exit_code, 137);
+    // A container that stays within its limit is not reported OOM-killed.
+    let fine = run(&mut rt, &p, memory_hog("fine", 32 << 20, "exit 3")).await;
+    let st = wait_exited(&mut rt, &fine).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"), "{st:?}");
+    remove_pod(&mut rt, &p.id).await;
+}
+
+#[tokio::test]
+async fn an_oom_kill_while_peapod_is_down_is_reported_after_its_restart() {
+    if !common::require_root() {
+        return;
+    }
+    let mut rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod_without_cgroup_parent(&rig, &mut rt, "oom-down").await;
+    let id = run(
+        &mut rt,
+        &p,
+        memory_hog("late-hog", 32 << 20, &format!("sleep 2; {HOG}")),
+    )
+    .await;
+    wait_state(&mut rt, &id, ContainerState::ContainerRunning, 10).await;
+    rig.kill_peapod();
+    // The kill happens while no peapod listens for containerd's OOM event: only what was
+    // recorded at start (where the container's cgroup is) can tell.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    rig.start_peapod().await;
+    let mut rt = rig.runtime_client().await;
+    let st = wait_exited(&mut rt, &id).await;
+    assert_eq!(st.reason, "OOMKilled", "{st:?}\n{}", rig.peapod_log());
+    assert_eq!(st.exit_code, 137);
+    remove_pod(&mut rt, &p.id).await;
+}
+
+async fn remove_pod(rt: &mut Client, id: &str) {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
+
+/// The hugepage limits kubelet gives every container: 0 for each page size the node has, in
+/// kubelet's notation (`hugepages-2048kB` → `2MB`).
+fn kubelet_hugepage_limits() -> Vec<HugepageLimit> {
+    let mut sizes: Vec<String> = std::fs::read_dir("/sys/kernel/mm/hugepages")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    let kb: u64 = n
+                        .strip_prefix("hugepages-")?
+                        .strip_suffix("kB")?
+                        .parse()
+                        .ok()?;
+                    Some(match kb {
+                        kb if kb % (1 << 20) == 0 => format!("{}GB", kb >> 20),
+                        kb if kb % (1 << 10) == 0 => format!("{}MB", kb >> 10),
+                        kb => format!("{kb}KB"),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if sizes.is_empty() {
+        sizes = vec!["2MB".into(), "1GB".into()];
+    }
+    sizes.sort();
+    sizes
+        .into_iter()
+        .map(|page_size| HugepageLimit {
+            page_size,
+            limit: 0,
+        })
+        .collect()
+}
+
+/// Creates, starts and waits for a container carrying kubelet's hugepage limits; returns
+/// its id once it ran to completion.
+async fn run_with_kubelet_hugepage_limits(
+    rig: &Rig,
+    rt: &mut Client,
+    p: &Pod,
+    name: &str,
+) -> String {
+    let mut c = config(name, "echo ran");
+    c.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_shares: 2,
+            hugepage_limits: kubelet_hugepage_limits(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(rt, p, c).await;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", rig.peapod_log()));
+    let st = wait_exited(rt, &id).await;
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (0, "Completed"),
+        "{st:?}"
+    );
+    assert_eq!(
+        log_lines(&p.log_dir.join(format!("{name}.log"))),
+        vec!["stdout F ran"]
+    );
+    id
+}
+
+#[tokio::test]
+async fn kubelets_hugepage_limits_do_not_stop_a_container() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "huge").await;
+    run_with_kubelet_hugepage_limits(&rig, &mut rt, &p, "huge").await;
+
+    // The same limits in an update of a running container.
+    let running = run(&mut rt, &p, config("huge-running", FOREVER)).await;
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: running.clone(),
+        linux: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            hugepage_limits: kubelet_hugepage_limits(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", rig.peapod_log()));
+    let st = status(&mut rt, &running).await;
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    assert_eq!(
+        st.resources.unwrap().linux.unwrap().memory_limit_in_bytes,
+        96 << 20
+    );
+    stop(&mut rt, &running, 0).await;
+}
+
+/// With hugepage limits asked for, they apply where a hugetlb controller exists and are
+/// left out where none does (these test hosts): the container runs either way.
+#[tokio::test]
+async fn hugepage_limits_asked_for_never_stop_a_container() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start_with(vec!["--disable-hugetlb-controller".into(), "false".into()]).await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "huge-on").await;
+    run_with_kubelet_hugepage_limits(&rig, &mut rt, &p, "huge-on").await;
+}
+
+#[tokio::test]
 async fn logs_are_exact_and_follow_reopen() {
     if !common::require_root() {
         return;

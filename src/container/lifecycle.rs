@@ -247,7 +247,7 @@ async fn create_in(
                     runtime: Some(CtrRuntime {
                         name: rt.config.runtime.clone(),
                         options: Some(crate::containerd_caps::runc_options(
-                            rt.config.cgroup_driver == "systemd",
+                            rt.config.cgroup_driver == crate::cgroup::Driver::Systemd,
                         )),
                     }),
                     spec: Some(prost_types::Any {
@@ -470,10 +470,12 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
         ready_sandbox(&rt, &c.meta.sandbox_id)?;
         match start_task(&rt, &c).await {
             Ok(pid) => {
+                let cgroup = monitor::locate_cgroup(&rt, &c.id, pid).await;
                 c.update(|s| {
                     s.phase = Phase::Running;
                     s.pid = pid;
                     s.started_at = task::now_ns();
+                    s.cgroup = cgroup;
                 })?;
                 tracing::info!(container = %c.id, pid, "container started");
                 emit(&rt, &c, cri::ContainerEventType::ContainerStartedEvent);
@@ -570,10 +572,8 @@ pub fn stop_signal(c: &Container) -> Result<u32> {
 }
 
 pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
-    let c = match rt.containers.get(id) {
-        Ok(c) => c,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(c) = rt.containers.find(id)? else {
+        return Ok(());
     };
     {
         let _g = c.op.lock().await;
@@ -614,10 +614,8 @@ async fn kill(rt: &Runtime, c: &Container) -> Result<()> {
 }
 
 pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
-    let c = match rt.containers.get(id) {
-        Ok(c) => c,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(c) = rt.containers.find(id)? else {
+        return Ok(());
     };
     let _g = c.op.lock().await;
     if rt.containers.get(&c.id).is_err() {

@@ -1,16 +1,16 @@
 //! Workload containers: the record and index (`record`), stdio FIFOs (`io`), the CRI log
 //! writer (`logs`), the lifecycle RPCs (`lifecycle`), exit monitoring and events (`monitor`),
-//! recovery after a restart (`recover`), reading the image's users (`rootfs`), ExecSync
-//! (`exec`), resource updates (`update`), stats (`stats`, over `cgroup`) and the event stream
-//! (`events`).
+//! containerd's OOM events (`oom`), recovery after a restart (`recover`), reading the image's
+//! users (`rootfs`), ExecSync (`exec`), resource updates (`update`), stats (`stats`, over
+//! [`crate::cgroup`]) and the event stream (`events`).
 
-pub mod cgroup;
 pub mod events;
 pub mod exec;
 pub mod io;
 pub mod lifecycle;
 pub mod logs;
 pub mod monitor;
+pub mod oom;
 pub mod record;
 pub mod recover;
 pub mod rootfs;

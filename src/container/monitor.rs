@@ -1,10 +1,11 @@
 //! Watching a running container until it exits, recording how it ended, and the container
 //! events every transition emits.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::stored_spec;
+use crate::cgroup::Cgroup;
 use crate::container::{Container, Phase};
 use crate::cri;
 use crate::runtime::Runtime;
@@ -19,6 +20,13 @@ const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 pub const START_ERROR_EXIT_CODE: i32 = 128;
 /// Exit code recorded when the real one is lost.
 pub const UNKNOWN_EXIT_CODE: i32 = 255;
+/// The exit code of a process killed by SIGKILL, as the OOM killer does.
+const SIGKILL_EXIT_CODE: i32 = 128 + libc::SIGKILL;
+/// How long an exit by SIGKILL whose cgroup could not be read waits for containerd's OOM
+/// event (the shim publishes it within milliseconds of the kill).
+const OOM_EVENT_GRACE: Duration = Duration::from_secs(1);
+/// The CRI reason of a container the kernel OOM-killed.
+pub const OOM_KILLED: &str = "OOMKilled";
 
 /// Sends a container event with the container's and its sandbox's current status.
 /// Nobody listening is fine.
@@ -45,42 +53,70 @@ pub fn spawn(rt: Arc<Runtime>, c: Arc<Container>) {
     });
 }
 
-/// Records a task's exit: OOM or not (read before the task and its cgroup are deleted),
-/// lets the log writer finish, marks the container EXITED (so whoever sees EXITED also sees
-/// the complete log), emits STOPPED, and only then deletes the task so the shim frees its
-/// resources: until the exit is persisted, containerd's stopped task is the only record of
-/// the real exit status, which recovery reads if peapod dies in between.
+/// Records a task's exit: OOM or not (the cgroup's counter is read before the task and its
+/// cgroup are deleted), lets the log writer finish, marks the container EXITED (so whoever
+/// sees EXITED also sees the complete log and the OOM mark), emits STOPPED, and only then
+/// deletes the task so the shim frees its resources: until the exit is persisted,
+/// containerd's stopped task is the only record of the real exit status, which recovery
+/// reads if peapod dies in between.
 pub async fn record_exit(rt: &Runtime, c: &Container, exit: task::Exit) {
-    let oom = oom_killed(rt, c);
+    let code = exit.code as i32;
+    let oom_kills = c.state().cgroup.and_then(|cg| cg.oom_kills());
+    if oom_kills.is_none() && code == SIGKILL_EXIT_CODE && !c.state().oom_killed {
+        // No counter to read: containerd's OOM event is all there is, and it may trail the
+        // exit by the time the shim takes to publish it.
+        wait_for_oom_event(c, OOM_EVENT_GRACE).await;
+    }
     finish_log(c).await;
     remove_fifos(rt, &c.id);
-    let code = exit.code as i32;
-    let reason = if oom {
-        "OOMKilled"
-    } else if code == 0 {
-        "Completed"
-    } else {
-        "Error"
-    };
     let at = if exit.at_ns == 0 {
         task::now_ns()
     } else {
         exit.at_ns
     };
     let res = c.update(|s| {
+        // Decided under the state lock: an OOM event recorded meanwhile is not lost.
+        s.oom_killed |= oom_kills.is_some_and(|n| n > 0);
         s.phase = Phase::Exited;
         s.exit_code = code;
         s.finished_at = at;
-        s.reason = reason.to_string();
+        s.reason = if s.oom_killed {
+            OOM_KILLED
+        } else if code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        }
+        .to_string();
     });
-    if let Err(e) = res {
-        tracing::error!(container = %c.id, error = %e, "cannot record container exit");
-        return;
-    }
-    tracing::info!(container = %c.id, code, reason, "container exited");
+    let st = match res {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::error!(container = %c.id, error = %e, "cannot record container exit");
+            return;
+        }
+    };
+    tracing::info!(container = %c.id, code, reason = %st.reason, "container exited");
     emit(rt, c, cri::ContainerEventType::ContainerStoppedEvent);
     if let Err(e) = task::delete(&rt.ctrd, &c.id).await {
         tracing::warn!(container = %c.id, error = %e, "delete exited task");
+    }
+}
+
+/// Waits until an OOM event marks the container, at most `limit`.
+async fn wait_for_oom_event(c: &Container, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let notified = c.changed.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a mark between the check and the wait is seen.
+        notified.as_mut().enable();
+        if c.state().oom_killed {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -110,67 +146,28 @@ pub fn remove_fifos(rt: &Runtime, id: &str) {
     }
 }
 
-/// True when the kernel OOM-killed a process in the container's memory cgroup: the
-/// `oom_kill` counter of `memory.oom_control` (cgroup v1) or `memory.events` (v2).
-/// The cgroup exists until the task is deleted, so this is read before that.
-fn oom_killed(rt: &Runtime, c: &Container) -> bool {
-    let Some(dir) = memory_cgroup_dir(rt, c) else {
-        return false;
-    };
-    ["memory.oom_control", "memory.events"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
-        .any(|text| oom_kill_count(&text) > 0)
-}
-
-fn oom_kill_count(text: &str) -> u64 {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("oom_kill "))
-        .filter_map(|v| v.trim().parse().ok())
-        .next()
-        .unwrap_or(0)
-}
-
-/// The container's memory cgroup directory, from the same cgroups path its spec got.
-fn memory_cgroup_dir(rt: &Runtime, c: &Container) -> Option<PathBuf> {
-    let parent = rt
-        .sandboxes
-        .get(&c.meta.sandbox_id)
-        .ok()
-        .map(|sb| sb.cgroup_parent())
-        .unwrap_or_default();
-    let path = crate::spec::container::cgroups_path(rt.host.cgroup_driver, &parent, &c.id)?;
-    let rel = match rt.host.cgroup_driver {
-        cri::CgroupDriver::Systemd => systemd_cgroup_dir(&path.to_string_lossy())?,
-        cri::CgroupDriver::Cgroupfs => path,
-    };
-    let rel = rel.strip_prefix("/").unwrap_or(&rel).to_path_buf();
-    let v1 = PathBuf::from("/sys/fs/cgroup/memory").join(&rel);
-    if v1.is_dir() {
-        return Some(v1);
-    }
-    Some(PathBuf::from("/sys/fs/cgroup").join(rel))
-}
-
-/// `slice:prefix:name` as runc's systemd driver lays it out: `a-b.slice` nests under
-/// `a.slice`, the unit is `<prefix>-<name>.scope`.
-fn systemd_cgroup_dir(path: &str) -> Option<PathBuf> {
-    let mut parts = path.splitn(3, ':');
-    let (slice, prefix, name) = (parts.next()?, parts.next()?, parts.next()?);
-    let mut dir = PathBuf::from("/");
-    if slice != "-.slice" && !slice.is_empty() {
-        let base = slice.strip_suffix(".slice")?;
-        let mut acc = String::new();
-        for part in base.split('-') {
-            if !acc.is_empty() {
-                acc.push('-');
-            }
-            acc.push_str(part);
-            dir.push(format!("{acc}.slice"));
+/// Where a just-started (or recovered running) container's cgroup is: the `cgroupsPath` its
+/// spec in containerd gave runc, else its process's own. None if neither can be found.
+pub async fn locate_cgroup(rt: &Runtime, id: &str, pid: u32) -> Option<Cgroup> {
+    let spec_path = match stored_spec::cgroups_path(&rt.ctrd, id).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(container = id, error = %e, "no stored spec to locate the cgroup");
+            None
         }
+    };
+    let cg = Cgroup::of_container(spec_path.as_deref(), pid);
+    if cg.is_none() {
+        // Typically a container without a cgroupsPath that exited at once: its cgroup went
+        // with its process, and containerd's OOM event is what remains.
+        tracing::debug!(
+            container = id,
+            pid,
+            ?spec_path,
+            "cannot locate the container's cgroup"
+        );
     }
-    dir.push(format!("{prefix}-{name}.scope"));
-    Some(dir)
+    cg
 }
 
 #[cfg(test)]
@@ -218,29 +215,6 @@ mod tests {
         assert_eq!(
             ev.containers_statuses[0].state,
             cri::ContainerState::ContainerExited as i32
-        );
-    }
-
-    #[test]
-    fn oom_kill_counter_is_read_from_v1_and_v2_files() {
-        assert_eq!(
-            oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
-            2
-        );
-        assert_eq!(
-            oom_kill_count("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n"),
-            1
-        );
-        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\n"), 0);
-    }
-
-    #[test]
-    fn systemd_paths_nest_slices() {
-        assert_eq!(
-            systemd_cgroup_dir("kubepods-besteffort-pod1.slice:cri-peapod:abc").unwrap(),
-            PathBuf::from(
-                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-peapod-abc.scope"
-            )
         );
     }
 }

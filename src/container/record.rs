@@ -73,6 +73,15 @@ pub struct ContainerState {
     /// LinuxContainerResources); None while the create-time ones apply.
     #[serde(default)]
     pub updated_resources: Option<String>,
+    /// Where the running task's cgroup is, located once at start from the `cgroupsPath` in
+    /// the container's spec (or its process when the spec leaves placement to runc): exit
+    /// monitoring reads the OOM counter there and stats the usage, even after a restart.
+    #[serde(default)]
+    pub cgroup: Option<crate::cgroup::Cgroup>,
+    /// The kernel OOM-killed a process of the container (containerd's `/tasks/oom` event or
+    /// the cgroup's counter): its exit is reported as OOMKilled.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 pub struct Container {

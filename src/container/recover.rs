@@ -114,6 +114,11 @@ async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
                 task::State::Running { pid } => pid,
                 _ => c.state().pid,
             };
+            // Located at start; a start peapod did not get to record is located now.
+            let cgroup = match c.state().cgroup {
+                Some(cg) => Some(cg),
+                None => monitor::locate_cgroup(rt, &c.id, pid).await,
+            };
             // A start that peapod did not get to record still counts as started.
             c.update(|s| {
                 s.phase = Phase::Running;
@@ -121,6 +126,7 @@ async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
                 if s.started_at == 0 {
                     s.started_at = task::now_ns();
                 }
+                s.cgroup = cgroup;
             })?;
             reattach_log(rt, c);
             monitor::spawn(rt.clone(), c.clone());

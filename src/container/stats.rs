@@ -1,6 +1,7 @@
 //! ContainerStats / ListContainerStats / PodSandboxStats / ListPodSandboxStats.
 //!
-//! CPU and memory come from the cgroup files ([`super::cgroup`]), the writable layer from the
+//! CPU and memory come from the cgroup files ([`crate::cgroup`]) of the cgroup located when
+//! the container started (from the `cgroupsPath` of its spec), the writable layer from the
 //! snapshotter's usage of the container's snapshot, and pod network counters from the pause
 //! process's `/proc/<pid>/net/dev`. `usage_nano_cores` is a rate, so the previous cumulative
 //! reading of each container and pod is kept in memory; entries of containers and pods that
@@ -12,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use containerd_client::services::v1::snapshots::UsageRequest;
 
-use super::cgroup::{self, Cgroup, Sample};
-use super::{stored_spec, Container, Phase};
+use super::{Container, Phase};
+use crate::cgroup::{self, Cgroup, Sample};
 use crate::cri;
 use crate::error::{ctrd, Result};
 use crate::runtime::Runtime;
@@ -44,8 +45,6 @@ const MIN_RATE_INTERVAL_NS: i64 = 1_000_000_000;
 #[derive(Default)]
 pub struct StatsCache {
     cpu: Mutex<HashMap<String, CpuPoint>>,
-    /// A container's cgroup never moves; resolving it costs a containerd round trip.
-    cgroups: Mutex<HashMap<String, Cgroup>>,
     /// The snapshotter's root, reported as the writable layer's filesystem.
     mountpoint: Mutex<Option<String>>,
 }
@@ -75,10 +74,6 @@ impl StatsCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|k, _| live.contains(k));
-        self.cgroups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| live.contains(k));
     }
 }
 
@@ -87,47 +82,18 @@ fn u64v(value: u64) -> cri::UInt64Value {
 }
 
 fn cgroup_root() -> &'static Path {
-    Path::new(cgroup::CGROUP_ROOT)
+    Path::new(cgroup::ROOT)
 }
 
-/// Where the container's cgroup is: from its spec's `cgroupsPath`, else (runc's default
-/// placement, relative to the shim) from its init process.
-async fn container_cgroup(rt: &Runtime, c: &Container) -> Option<Cgroup> {
-    if let Some(cg) = rt
-        .stats
-        .cgroups
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&c.id)
-    {
-        return Some(cg.clone());
-    }
-    let root = cgroup_root();
-    let v2 = cgroup::is_v2(root);
-    let from_spec = match stored_spec::get(&rt.ctrd, &c.id).await {
-        Ok((_, spec)) => spec
-            .pointer("/linux/cgroupsPath")
-            .and_then(|v| v.as_str())
-            .and_then(cgroup::cgroups_path_dir)
-            .map(|dir| Cgroup::at(root, v2, &dir))
-            .filter(|cg| cg.exists()),
-        Err(e) => {
-            tracing::debug!(container = %c.id, error = %e, "no stored spec for stats");
-            None
-        }
-    };
-    let pid = c.state().pid;
-    let cg = from_spec.or_else(|| {
-        (pid != 0)
-            .then(|| Cgroup::of_pid(root, v2, pid).ok())
+/// The container's cgroup, as located at start; a container started by an older peapod is
+/// found from its process.
+fn container_cgroup(c: &Container) -> Option<Cgroup> {
+    let st = c.state();
+    st.cgroup.or_else(|| {
+        (st.pid != 0)
+            .then(|| Cgroup::of_container(None, st.pid))
             .flatten()
-    })?;
-    rt.stats
-        .cgroups
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(c.id.clone(), cg.clone());
-    Some(cg)
+    })
 }
 
 fn memory_usage(s: &Sample, at_ns: i64) -> Option<cri::MemoryUsage> {
@@ -213,7 +179,7 @@ async fn stats_of(rt: &Runtime, c: &Container) -> Result<(cri::ContainerStats, O
     };
     let mut sample = None;
     if c.state().phase == Phase::Running {
-        if let Some(cg) = container_cgroup(rt, c).await {
+        if let Some(cg) = container_cgroup(c) {
             let at = now_ns();
             match cg.sample() {
                 Ok(s) => {
@@ -288,16 +254,44 @@ fn pod_key(id: &str) -> String {
 /// The pod-level cgroup kubelet made (the sandbox's cgroup parent), if it exists.
 fn pod_cgroup(rt: &Runtime, sb: &Sandbox) -> Option<Cgroup> {
     let parent = sb.cgroup_parent();
-    if parent.is_empty() {
-        return None;
-    }
-    let dir = if rt.config.cgroup_driver == "systemd" {
-        cgroup::expand_slice(&parent)
-    } else {
-        parent
-    };
+    let dir = rt.host.cgroup_driver.pod_dir(&parent)?;
     let root = cgroup_root();
     Some(Cgroup::at(root, cgroup::is_v2(root), &dir)).filter(|cg| cg.exists())
+}
+
+/// Rx/tx counters of one interface in `/proc/<pid>/net/dev`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetDev {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+}
+
+/// Parses `/proc/net/dev`: two header lines, then `name: rx_bytes packets errs drop fifo
+/// frame compressed multicast tx_bytes packets errs ...`.
+pub fn parse_net_dev(text: &str) -> Vec<NetDev> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            if f.len() < 11 {
+                return None;
+            }
+            Some(NetDev {
+                name: name.trim().to_string(),
+                rx_bytes: f[0],
+                rx_errors: f[2],
+                tx_bytes: f[8],
+                tx_errors: f[10],
+            })
+        })
+        .collect()
 }
 
 fn network_usage(sb: &Sandbox, at_ns: i64) -> Option<cri::NetworkUsage> {
@@ -306,7 +300,7 @@ fn network_usage(sb: &Sandbox, at_ns: i64) -> Option<cri::NetworkUsage> {
     }
     let text =
         std::fs::read_to_string(PathBuf::from(format!("/proc/{}/net/dev", sb.pid()))).ok()?;
-    let ifaces: Vec<cri::NetworkInterfaceUsage> = cgroup::parse_net_dev(&text)
+    let ifaces: Vec<cri::NetworkInterfaceUsage> = parse_net_dev(&text)
         .into_iter()
         .filter(|d| d.name != "lo")
         .map(|d| cri::NetworkInterfaceUsage {
@@ -423,6 +417,26 @@ mod tests {
 
     fn p(at_ns: i64, usage_ns: u64) -> CpuPoint {
         CpuPoint { at_ns, usage_ns }
+    }
+
+    #[test]
+    fn net_dev() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo:     140       2    0    0    0     0          0         0      140       2    0    0    0     0       0          0\n  \
+eth0:    5230      40    1    0    0     0          0         0     1092      12    2    0    0     0       0          0\n";
+        let devs = parse_net_dev(text);
+        assert_eq!(devs.len(), 2);
+        assert_eq!(
+            devs[1],
+            NetDev {
+                name: "eth0".into(),
+                rx_bytes: 5230,
+                rx_errors: 1,
+                tx_bytes: 1092,
+                tx_errors: 2
+            }
+        );
     }
 
     #[test]

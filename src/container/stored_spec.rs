@@ -37,6 +37,16 @@ pub async fn get(c: &Containerd, id: &str) -> Result<(CtrdContainer, Value)> {
     Ok((ctr, value))
 }
 
+/// The `linux.cgroupsPath` runc was given; None when the spec leaves it to runc.
+pub async fn cgroups_path(c: &Containerd, id: &str) -> Result<Option<String>> {
+    let (_, spec) = get(c, id).await?;
+    Ok(spec
+        .pointer("/linux/cgroupsPath")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string))
+}
+
 /// Replaces the stored spec (update mask `spec`), keeping the record's type URL.
 pub async fn put(c: &Containerd, mut ctr: CtrdContainer, spec: &Value) -> Result<()> {
     let id = ctr.id.clone();

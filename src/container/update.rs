@@ -12,7 +12,7 @@ use super::Phase;
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
 use crate::runtime::Runtime;
-use crate::spec::resources::linux_resources;
+use crate::spec::resources::enforceable_resources;
 
 /// Sections of OCI `LinuxResources` that are merged field by field: a field the request
 /// leaves at zero ("not set" in CRI) keeps its current value.
@@ -40,7 +40,13 @@ pub async fn update_resources(
     };
     let requested_cri = linux.clone();
     validate(&linux)?;
-    let requested = linux_resources(Some(&linux), rt.host.cgroup, Vec::new())?;
+    let requested = enforceable_resources(
+        Some(&linux),
+        rt.host.cgroup,
+        &rt.host.limits,
+        Vec::new(),
+        &format!("container {}", c.id),
+    )?;
     let requested = serde_json::to_value(&requested)
         .map_err(|e| Error::internal(format!("encode resources: {e}")))?;
 
@@ -166,6 +172,7 @@ pub fn merge_resources(current: &Value, requested: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::resources::linux_resources;
     use crate::spec::CgroupHost;
     use serde_json::json;
 

@@ -261,13 +261,11 @@ async fn create(
         image: &image.config,
         hostname: &hostname,
         netns: state.netns_path.as_deref(),
-        cgroups_path: spec::cgroups_path(
-            &rt.config.cgroup_driver,
-            &config
+        cgroups_path: rt.host.cgroup_driver.sandbox_cgroups_path(
+            config
                 .linux
                 .as_ref()
-                .map(|l| l.cgroup_parent.clone())
-                .unwrap_or_default(),
+                .map_or("", |l| l.cgroup_parent.as_str()),
             id,
         ),
         min_oom_score_adj: spec::own_oom_score_adj(),
@@ -298,7 +296,7 @@ async fn create(
                     runtime: Some(CtrRuntime {
                         name: rt.config.runtime.clone(),
                         options: Some(crate::containerd_caps::runc_options(
-                            rt.config.cgroup_driver == "systemd",
+                            rt.config.cgroup_driver == crate::cgroup::Driver::Systemd,
                         )),
                     }),
                     spec: Some(prost_types::Any {
@@ -414,10 +412,8 @@ pub fn watch_pause(rt: Arc<Runtime>, sb: Arc<Sandbox>) {
 }
 
 pub async fn stop(rt: &Runtime, id: &str) -> Result<()> {
-    let sb = match rt.sandboxes.get(id) {
-        Ok(s) => s,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(sb) = rt.sandboxes.find(id)? else {
+        return Ok(());
     };
     let _g = sb.op.lock().await;
     stop_locked(rt, &sb).await
@@ -447,10 +443,8 @@ async fn stop_locked(rt: &Runtime, sb: &Sandbox) -> Result<()> {
 }
 
 pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
-    let sb = match rt.sandboxes.get(id) {
-        Ok(s) => s,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(sb) = rt.sandboxes.find(id)? else {
+        return Ok(());
     };
     let _g = sb.op.lock().await;
     stop_locked(rt, &sb).await?;

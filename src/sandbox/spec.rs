@@ -173,22 +173,6 @@ pub fn own_oom_score_adj() -> i32 {
         .unwrap_or(0)
 }
 
-/// The cgroups path runc gets: `<parent>/<id>` for cgroupfs, `slice:prefix:id` for systemd.
-pub fn cgroups_path(driver: &str, parent: &str, id: &str) -> String {
-    if driver == "systemd" {
-        let slice = if parent.is_empty() {
-            "system.slice"
-        } else {
-            parent.trim_start_matches('/')
-        };
-        format!("{slice}:cri-peapod:{id}")
-    } else if parent.is_empty() {
-        format!("/peapod/{id}")
-    } else {
-        format!("{}/{id}", parent.trim_end_matches('/'))
-    }
-}
-
 /// Checks the pod-level security context the pause spec applies: ids are valid, the pod's
 /// namespace modes exist at pod level, and sysctls are namespaced ([`validate_sysctls`]).
 pub fn validate_security(config: &cri::PodSandboxConfig) -> Result<()> {
@@ -281,6 +265,7 @@ pub fn validate_sysctls(config: &cri::PodSandboxConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroup::Driver;
 
     fn image(entry: &[&str]) -> ImageConfiguration {
         serde_json::from_value(json!({
@@ -313,7 +298,7 @@ mod tests {
             image: &img,
             hostname: "h",
             netns: Some(Path::new("/var/run/netns/x")),
-            cgroups_path: cgroups_path("cgroupfs", "/kubepods/pod1", "abc"),
+            cgroups_path: Driver::Cgroupfs.sandbox_cgroups_path("/kubepods/pod1", "abc"),
             min_oom_score_adj: -500,
         })
         .unwrap();
@@ -358,7 +343,7 @@ mod tests {
             image: &img,
             hostname: "h",
             netns: Some(Path::new("/var/run/netns/x")),
-            cgroups_path: cgroups_path("cgroupfs", "/kubepods/pod1", "abc"),
+            cgroups_path: Driver::Cgroupfs.sandbox_cgroups_path("/kubepods/pod1", "abc"),
             min_oom_score_adj: -500,
         })
         .unwrap();

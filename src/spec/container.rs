@@ -10,7 +10,7 @@ use oci_spec::runtime::{
 
 use super::{annotations as ann, devices, mounts, resources, security, user};
 use super::{ContainerSpecInput, SandboxInfo};
-use crate::cri::{self, CgroupDriver, NamespaceMode};
+use crate::cri::{self, NamespaceMode};
 use crate::error::{Error, Result};
 
 /// The PATH a process gets when neither the image nor the request sets one.
@@ -111,7 +111,13 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec> {
         merge_devices(&mut list, requested.iter().map(|d| d.device.clone()));
         (list, rules)
     };
-    let linux_resources = resources::linux_resources(res, host.cgroup, rules)?;
+    let linux_resources = resources::enforceable_resources(
+        res,
+        host.cgroup,
+        &host.limits,
+        rules,
+        &format!("container {}", input.id),
+    )?;
 
     // Linux.
     let mut linux = Linux::default();
@@ -121,11 +127,11 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec> {
         .set_gid_mappings(None)
         .set_sysctl(None)
         .set_resources(Some(linux_resources))
-        .set_cgroups_path(cgroups_path(
-            host.cgroup_driver,
-            &input.sandbox.cgroup_parent,
-            input.id,
-        ))
+        .set_cgroups_path(
+            host.cgroup_driver
+                .container_cgroups_path(&input.sandbox.cgroup_parent, input.id)
+                .map(PathBuf::from),
+        )
         .set_namespaces(Some(namespaces(input, sc, privileged)?))
         .set_devices(if device_list.is_empty() {
             None
@@ -224,24 +230,6 @@ pub fn process_env(
         set(&kv.key, &kv.value);
     }
     Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
-}
-
-/// `cgroupfs`: `<parent>/<id>`; `systemd`: `<slice>:cri-peapod:<id>` (the last element of the
-/// parent, as containerd does). No parent: no path (runc's default).
-pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> Option<PathBuf> {
-    if parent.is_empty() {
-        return None;
-    }
-    match driver {
-        CgroupDriver::Systemd => {
-            let slice = Path::new(parent)
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| parent.to_string());
-            Some(PathBuf::from(format!("{slice}:cri-peapod:{id}")))
-        }
-        CgroupDriver::Cgroupfs => Some(Path::new(parent).join(id)),
-    }
 }
 
 fn ns(typ: LinuxNamespaceType, path: Option<String>) -> LinuxNamespace {
@@ -361,6 +349,7 @@ fn spec_annotations(input: &ContainerSpecInput, name: &str) -> HashMap<String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroup::Driver as CgroupDriver;
     use crate::spec::{CgroupHost, HostInfo, HostSecurity, SandboxInfo, UserDb};
     use oci_spec::image::{ConfigBuilder, ImageConfiguration, ImageConfigurationBuilder};
     use oci_spec::runtime::{Capability, LinuxSeccompAction};
@@ -449,6 +438,7 @@ mod tests {
                         v2: false,
                         swap: true,
                     },
+                    limits: crate::cgroup::Enforceable::all(),
                     security: HostSecurity::default(),
                     own_oom_score_adj: -999,
                     dev_dir: PathBuf::from("/dev"),

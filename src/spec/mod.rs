@@ -77,8 +77,10 @@ pub struct SandboxInfo {
 /// Facts about the node, detected once at start-up ([`HostInfo::detect`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostInfo {
-    pub cgroup_driver: cri::CgroupDriver,
+    pub cgroup_driver: crate::cgroup::Driver,
     pub cgroup: CgroupHost,
+    /// The optional cgroup controllers limits may use; the others' limits are dropped.
+    pub limits: crate::cgroup::Enforceable,
     pub security: HostSecurity,
     /// peapod's own `oom_score_adj`; container values are clamped to no lower than it.
     pub own_oom_score_adj: i32,
@@ -87,11 +89,13 @@ pub struct HostInfo {
 }
 
 impl HostInfo {
-    /// Detects cgroup version and swap accounting, AppArmor/SELinux and peapod's oom_score_adj.
-    pub fn detect(cgroup_driver: cri::CgroupDriver) -> Self {
+    /// Detects cgroup version, swap accounting and controllers (hugepage limits off, as
+    /// `disable_hugetlb_controller` defaults), AppArmor/SELinux and peapod's oom_score_adj.
+    pub fn detect(cgroup_driver: crate::cgroup::Driver) -> Self {
         HostInfo {
             cgroup_driver,
             cgroup: CgroupHost::detect(),
+            limits: crate::cgroup::Enforceable::detect(true),
             security: HostSecurity::detect(),
             own_oom_score_adj: resources::own_oom_score_adj(),
             dev_dir: PathBuf::from("/dev"),
@@ -99,14 +103,12 @@ impl HostInfo {
     }
 
     /// [`HostInfo::detect`] with the settings of peapod's configuration (cgroup driver,
-    /// seccomp profile root).
+    /// hugetlb, seccomp profile root).
     pub fn from_config(config: &crate::config::Config) -> Self {
-        let driver = if config.cgroup_driver == "systemd" {
-            cri::CgroupDriver::Systemd
-        } else {
-            cri::CgroupDriver::Cgroupfs
-        };
-        let mut host = Self::detect(driver);
+        let mut host = Self::detect(config.cgroup_driver);
+        if !config.disable_hugetlb_controller {
+            host.limits = crate::cgroup::Enforceable::detect(false);
+        }
         host.security.seccomp_profile_root = config.seccomp_profile_root.clone();
         host
     }

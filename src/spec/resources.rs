@@ -4,54 +4,33 @@
 //! limit sets swap equal to the limit (no swap use) when the swap controller exists; `unified`
 //! keys only exist on cgroup v2.
 
-use std::path::Path;
-
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
     LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 
 use super::oci_err;
+pub use crate::cgroup::CgroupHost;
+use crate::cgroup::Enforceable;
 use crate::cri;
 use crate::error::{Error, Result};
 
-/// Host facts the translation depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CgroupHost {
-    /// The unified hierarchy (cgroup v2) is mounted at /sys/fs/cgroup.
-    pub v2: bool,
-    /// Swap can be limited (v1: `memory.memsw.*` exists, i.e. swapaccount=1; v2: `memory.swap.max`).
-    pub swap: bool,
-}
-
-impl CgroupHost {
-    /// Reads this host's cgroup layout.
-    pub fn detect() -> Self {
-        let root = Path::new("/sys/fs/cgroup");
-        let v2 = root.join("cgroup.controllers").exists();
-        let swap = if v2 {
-            // `memory.swap.max` exists in non-root cgroups when swap accounting is on; look in
-            // peapod's own cgroup, then in any top-level child.
-            let own = std::fs::read_to_string("/proc/self/cgroup")
-                .ok()
-                .and_then(|s| {
-                    s.lines().find_map(|l| {
-                        l.strip_prefix("0::")
-                            .map(|p| p.trim_start_matches('/').to_string())
-                    })
-                });
-            own.is_some_and(|p| root.join(p).join("memory.swap.max").exists())
-                || std::fs::read_dir(root)
-                    .map(|rd| {
-                        rd.flatten()
-                            .any(|e| e.path().join("memory.swap.max").exists())
-                    })
-                    .unwrap_or(false)
-        } else {
-            root.join("memory/memory.memsw.limit_in_bytes").exists()
-        };
-        CgroupHost { v2, swap }
+/// [`linux_resources`] without the limits this host's cgroups cannot enforce (see
+/// [`crate::cgroup::controllers`]): a container must never fail over a limit the node cannot
+/// apply. What is dropped is logged at debug level for `what` (the container).
+pub fn enforceable_resources(
+    res: Option<&cri::LinuxContainerResources>,
+    host: CgroupHost,
+    limits: &Enforceable,
+    devices: Vec<LinuxDeviceCgroup>,
+    what: &str,
+) -> Result<LinuxResources> {
+    let mut r = linux_resources(res, host, devices)?;
+    let dropped = limits.retain(&mut r);
+    if !dropped.is_empty() {
+        tracing::debug!(%what, ?dropped, "limits this host cannot enforce were left out");
     }
+    Ok(r)
 }
 
 /// Translates the CRI resources. `devices` are the device-cgroup rules (built elsewhere).

@@ -1,29 +1,15 @@
-//! Reading a cgroup's CPU, memory and process counters from cgroupfs, on cgroup v1 (one
-//! hierarchy per controller) and v2 (the unified hierarchy).
+//! Reading a cgroup's CPU, memory, process and OOM-kill counters from cgroupfs, on cgroup v1
+//! (one hierarchy per controller) and v2 (the unified hierarchy).
 //!
 //! Stats are read from the files rather than from containerd's `Tasks.Metrics`: that answer is
 //! an `Any` holding `io.containerd.cgroups.v1.Metrics` or `...v2.Metrics`, types the
 //! containerd-client crate does not generate, and the pod-level cgroup has no task at all.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::Cgroup;
 use crate::error::{Error, Result};
-
-/// Where cgroupfs is mounted.
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// A cgroup located on this host: the unified directory on v2, one directory per controller
-/// on v1.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cgroup {
-    V1 {
-        cpuacct: PathBuf,
-        memory: PathBuf,
-        pids: PathBuf,
-    },
-    V2(PathBuf),
-}
 
 /// One reading of a cgroup's counters. Fields the kernel did not offer are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,73 +58,7 @@ impl Sample {
     }
 }
 
-/// True when the unified hierarchy is mounted at `root` (a hybrid host counts as v1: its
-/// controllers live in the v1 hierarchies).
-pub fn is_v2(root: &Path) -> bool {
-    root.join("cgroup.controllers").exists()
-}
-
 impl Cgroup {
-    /// The cgroup at `rel` (a path relative to each hierarchy's root, like `/kubepods/pod1/abc`).
-    pub fn at(root: &Path, v2: bool, rel: &str) -> Cgroup {
-        let rel = rel.trim_start_matches('/');
-        if v2 {
-            Cgroup::V2(root.join(rel))
-        } else {
-            Cgroup::V1 {
-                cpuacct: root.join("cpuacct").join(rel),
-                memory: root.join("memory").join(rel),
-                pids: root.join("pids").join(rel),
-            }
-        }
-    }
-
-    /// The cgroup of process `pid`, from `/proc/<pid>/cgroup`.
-    pub fn of_pid(root: &Path, v2: bool, pid: u32) -> Result<Cgroup> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map_err(|e| Error::not_found(format!("cgroup of process {pid}: {e}")))?;
-        Cgroup::from_proc_cgroup(root, v2, &text)
-            .ok_or_else(|| Error::not_found(format!("process {pid} has no cgroup we can read")))
-    }
-
-    /// Parses `/proc/<pid>/cgroup` (`hierarchy-id:controllers:path` lines).
-    pub fn from_proc_cgroup(root: &Path, v2: bool, text: &str) -> Option<Cgroup> {
-        let mut by_ctrl: HashMap<&str, &str> = HashMap::new();
-        for line in text.lines() {
-            let mut parts = line.splitn(3, ':');
-            let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            if ctrls.is_empty() {
-                by_ctrl.insert("", path);
-            }
-            for c in ctrls.split(',') {
-                by_ctrl.insert(c, path);
-            }
-        }
-        if v2 {
-            let p = by_ctrl.get("")?;
-            return Some(Cgroup::V2(root.join(p.trim_start_matches('/'))));
-        }
-        let memory = by_ctrl.get("memory")?;
-        let cpuacct = by_ctrl.get("cpuacct").unwrap_or(memory);
-        let pids = by_ctrl.get("pids").unwrap_or(memory);
-        Some(Cgroup::V1 {
-            cpuacct: root.join("cpuacct").join(cpuacct.trim_start_matches('/')),
-            memory: root.join("memory").join(memory.trim_start_matches('/')),
-            pids: root.join("pids").join(pids.trim_start_matches('/')),
-        })
-    }
-
-    /// Whether the cgroup exists (its memory directory on v1).
-    pub fn exists(&self) -> bool {
-        match self {
-            Cgroup::V1 { memory, .. } => memory.is_dir(),
-            Cgroup::V2(p) => p.is_dir(),
-        }
-    }
-
     /// Reads the counters. A cgroup that vanished (the container exited) is NotFound.
     pub fn sample(&self) -> Result<Sample> {
         if !self.exists() {
@@ -173,6 +93,29 @@ impl Cgroup {
             },
         })
     }
+}
+
+impl Cgroup {
+    /// How many processes the kernel's OOM killer has killed in this cgroup: the `oom_kill`
+    /// counter of `memory.oom_control` (v1, Linux 4.13+) or `memory.events` (v2). None when
+    /// neither file can be read (the cgroup is gone, or the kernel is older).
+    pub fn oom_kills(&self) -> Option<u64> {
+        let dir = self.memory_dir();
+        ["memory.events", "memory.oom_control"]
+            .iter()
+            .filter_map(|f| read(&dir.join(f)))
+            .find(|text| text.lines().any(|l| l.starts_with("oom_kill ")))
+            .map(|text| oom_kill_count(&text))
+    }
+}
+
+/// The `oom_kill` counter of `memory.oom_control` or `memory.events`; 0 without one.
+fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .filter_map(|v| v.trim().parse().ok())
+        .next()
+        .unwrap_or(0)
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -234,97 +177,6 @@ pub fn memory_v2(current: u64, max: Option<&str>, memory_stat: &str) -> Option<M
     })
 }
 
-/// The cgroup directory (relative to a hierarchy root) that a runc `cgroupsPath` names.
-///
-/// cgroupfs form: the path itself. systemd form `slice:prefix:name`: the slice expanded into
-/// its parents (`a-b-c.slice` lives in `a.slice/a-b.slice/a-b-c.slice`) and the unit
-/// `<prefix>-<name>.scope` in it. Returns None for an empty path (runc then places the
-/// container relative to its own cgroup, which only `/proc/<pid>/cgroup` can tell).
-pub fn cgroups_path_dir(cgroups_path: &str) -> Option<String> {
-    if cgroups_path.is_empty() {
-        return None;
-    }
-    let parts: Vec<&str> = cgroups_path.split(':').collect();
-    if parts.len() == 3 && !cgroups_path.starts_with('/') {
-        let (slice, prefix, name) = (parts[0], parts[1], parts[2]);
-        let unit = if name.ends_with(".slice") {
-            // runc: a name that is itself a slice is placed as that slice.
-            name.to_string()
-        } else if prefix.is_empty() {
-            format!("{name}.scope")
-        } else {
-            format!("{prefix}-{name}.scope")
-        };
-        let slice = if slice.is_empty() {
-            "system.slice"
-        } else {
-            slice
-        };
-        return Some(format!("{}/{unit}", expand_slice(slice)));
-    }
-    Some(cgroups_path.to_string())
-}
-
-/// A systemd slice's path: `kubepods-burstable-pod1.slice` →
-/// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice`; `-.slice` is the
-/// root. A name that is already a path (kubelet's cgroupfs-style parent) is kept.
-pub fn expand_slice(slice: &str) -> String {
-    if slice.contains('/') || !slice.ends_with(".slice") {
-        return slice.to_string();
-    }
-    let base = slice.trim_end_matches(".slice");
-    if base == "-" || base.is_empty() {
-        return "/".to_string();
-    }
-    let mut path = String::new();
-    let mut prefix = String::new();
-    for comp in base.split('-') {
-        if !prefix.is_empty() {
-            prefix.push('-');
-        }
-        prefix.push_str(comp);
-        path.push('/');
-        path.push_str(&prefix);
-        path.push_str(".slice");
-    }
-    path
-}
-
-/// Rx/tx counters of one interface in `/proc/<pid>/net/dev`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NetDev {
-    pub name: String,
-    pub rx_bytes: u64,
-    pub rx_errors: u64,
-    pub tx_bytes: u64,
-    pub tx_errors: u64,
-}
-
-/// Parses `/proc/net/dev`: two header lines, then `name: rx_bytes packets errs drop fifo
-/// frame compressed multicast tx_bytes packets errs ...`.
-pub fn parse_net_dev(text: &str) -> Vec<NetDev> {
-    text.lines()
-        .skip(2)
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            let f: Vec<u64> = rest
-                .split_whitespace()
-                .map(|x| x.parse().unwrap_or(0))
-                .collect();
-            if f.len() < 11 {
-                return None;
-            }
-            Some(NetDev {
-                name: name.trim().to_string(),
-                rx_bytes: f[0],
-                rx_errors: f[2],
-                tx_bytes: f[8],
-                tx_errors: f[10],
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,65 +223,6 @@ active_file 4096\ninactive_file 32768\npgfault 999\npgmajfault 3\n";
     }
 
     #[test]
-    fn proc_cgroup_v1_and_v2() {
-        let root = Path::new("/sys/fs/cgroup");
-        let v1 = "12:pids:/kubepods/pod1/abc\n5:cpu,cpuacct:/kubepods/pod1/abc\n\
-4:memory:/kubepods/pod1/abc\n1:name=systemd:/kubepods/pod1/abc\n0::/\n";
-        assert_eq!(
-            Cgroup::from_proc_cgroup(root, false, v1),
-            Some(Cgroup::V1 {
-                cpuacct: "/sys/fs/cgroup/cpuacct/kubepods/pod1/abc".into(),
-                memory: "/sys/fs/cgroup/memory/kubepods/pod1/abc".into(),
-                pids: "/sys/fs/cgroup/pids/kubepods/pod1/abc".into(),
-            })
-        );
-        let v2 = "0::/kubepods.slice/cri-peapod-abc.scope\n";
-        assert_eq!(
-            Cgroup::from_proc_cgroup(root, true, v2),
-            Some(Cgroup::V2(
-                "/sys/fs/cgroup/kubepods.slice/cri-peapod-abc.scope".into()
-            ))
-        );
-        assert_eq!(
-            Cgroup::from_proc_cgroup(root, true, v1.replace("0::/\n", "").as_str()),
-            None
-        );
-    }
-
-    #[test]
-    fn cgroups_path_forms() {
-        assert_eq!(cgroups_path_dir(""), None);
-        assert_eq!(
-            cgroups_path_dir("/kubepods/burstable/pod1/abc").as_deref(),
-            Some("/kubepods/burstable/pod1/abc")
-        );
-        assert_eq!(
-            cgroups_path_dir("kubepods-burstable-pod1.slice:cri-peapod:abc").as_deref(),
-            Some("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-peapod-abc.scope")
-        );
-        assert_eq!(
-            cgroups_path_dir("system.slice:cri-peapod:abc").as_deref(),
-            Some("/system.slice/cri-peapod-abc.scope")
-        );
-        assert_eq!(expand_slice("-.slice"), "/");
-        assert_eq!(expand_slice("/kubepods/pod1"), "/kubepods/pod1");
-    }
-
-    #[test]
-    fn cgroup_at_both_layouts() {
-        let root = Path::new("/r");
-        assert_eq!(Cgroup::at(root, true, "/a/b"), Cgroup::V2("/r/a/b".into()));
-        let Cgroup::V1 {
-            memory, cpuacct, ..
-        } = Cgroup::at(root, false, "/a/b")
-        else {
-            panic!("v1 expected")
-        };
-        assert_eq!(memory, Path::new("/r/memory/a/b"));
-        assert_eq!(cpuacct, Path::new("/r/cpuacct/a/b"));
-    }
-
-    #[test]
     fn sample_reads_v1_and_v2_files() {
         let d = tempfile::tempdir().unwrap();
         let v2 = d.path().join("v2");
@@ -473,23 +266,45 @@ active_file 4096\ninactive_file 32768\npgfault 999\npgmajfault 3\n";
     }
 
     #[test]
-    fn net_dev() {
-        let text = "Inter-|   Receive                                                |  Transmit\n \
-face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
-lo:     140       2    0    0    0     0          0         0      140       2    0    0    0     0       0          0\n  \
-eth0:    5230      40    1    0    0     0          0         0     1092      12    2    0    0     0       0          0\n";
-        let devs = parse_net_dev(text);
-        assert_eq!(devs.len(), 2);
+    fn oom_kill_counter_is_read_from_v1_and_v2_files() {
         assert_eq!(
-            devs[1],
-            NetDev {
-                name: "eth0".into(),
-                rx_bytes: 5230,
-                rx_errors: 1,
-                tx_bytes: 1092,
-                tx_errors: 2
-            }
+            oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+            2
         );
+        assert_eq!(
+            oom_kill_count("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n"),
+            1
+        );
+        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\n"), 0);
+    }
+
+    #[test]
+    fn oom_kills_of_a_cgroup_on_v1_and_v2() {
+        let d = tempfile::tempdir().unwrap();
+        let v2 = Cgroup::V2(d.path().join("v2"));
+        std::fs::create_dir_all(v2.memory_dir()).unwrap();
+        assert_eq!(v2.oom_kills(), None, "no file: unknown, not zero");
+        std::fs::write(
+            v2.memory_dir().join("memory.events"),
+            "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(v2.oom_kills(), Some(1));
+
+        let v1 = Cgroup::at(d.path(), false, "/pod/c");
+        std::fs::create_dir_all(v1.memory_dir()).unwrap();
+        std::fs::write(
+            v1.memory_dir().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\n",
+        )
+        .unwrap();
+        assert_eq!(v1.oom_kills(), None, "a kernel without the counter");
+        std::fs::write(
+            v1.memory_dir().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(v1.oom_kills(), Some(0));
     }
 
     #[test]
