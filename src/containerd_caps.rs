@@ -3,9 +3,10 @@
 //! containerd answers with another version (an upgrade under a running peapod).
 //!
 //! Most of containerd's API is the same on all of them for what peapod uses (containers,
-//! tasks and Wait, content, snapshots, diff, images, leases): peapod pulls by itself rather
-//! than through the Transfer service (1.7+), creates no Sandbox API objects (1.7+), and
-//! subscribes to no event topics (exits come from `Tasks.Wait`). What does differ:
+//! tasks and Wait, content, snapshots, diff, images, leases, and the `/tasks/oom` event
+//! topic with its `containerd.events.TaskOOM` payload): peapod pulls by itself rather than
+//! through the Transfer service (1.7+) and creates no Sandbox API objects (1.7+). What does
+//! differ:
 //! - the version string: `1.6.20~ds1` (Debian), `v2.1.5` (upstream);
 //! - the built-in CRI: one plugin (`io.containerd.grpc.v1.cri`) up to 1.7; in 2.x the gRPC
 //!   service plus `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`, which
