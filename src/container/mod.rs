@@ -2,10 +2,11 @@
 //! writer (`logs`), the lifecycle RPCs (`lifecycle`), exit monitoring and events (`monitor`),
 //! containerd's OOM events (`oom`), recovery after a restart (`recover`), reading the image's
 //! users (`rootfs`), ExecSync (`exec`), resource updates (`update`), stats (`stats`, over
-//! [`crate::cgroup`]) and the event stream (`events`).
+//! [`crate::cgroup`]), the event stream (`events`) and the verbose status (`inspect`).
 
 pub mod events;
 pub mod exec;
+pub mod inspect;
 pub mod io;
 pub mod lifecycle;
 pub mod logs;
