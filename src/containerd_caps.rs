@@ -84,32 +84,11 @@ pub fn reports_deprecations(release: Option<Release>) -> bool {
     release.is_none_or(|r| (r.major, r.minor) >= (1, 7))
 }
 
-/// Type URL of the runc shim's options. The shim decodes them at its start even when they
-/// are empty. 1.6 resolves an `Any` through gogo's registry, which knows the bare message
+/// Type URL of the runc shim's options (`cgroup::Driver::runc_options` builds them). The shim
+/// decodes them at its start even when they are empty. 1.6 resolves an `Any` through gogo's registry, which knows the bare message
 /// name only: `types.googleapis.com/containerd.runc.v1.Options` fails every task create
 /// there ("failed to start shim: ... type with url ...: not found"); 1.7 and 2.x take both.
 pub const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
-
-/// The runc shim's options (`containerd.runc.v1.Options`), reduced to the fields peapod sets
-/// and every version from 1.6 to 2.x knows by the same number. The containerd-client crate
-/// does not generate this message.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RuncOptions {
-    /// runc manages cgroups through systemd: needed with the systemd cgroup driver, whose
-    /// `slice:prefix:name` cgroups paths runc's cgroupfs manager would take as a plain
-    /// directory name.
-    #[prost(bool, tag = "9")]
-    pub systemd_cgroup: bool,
-}
-
-/// The runtime options peapod attaches to every container it creates, as containerd's own
-/// CRI plugin does, so the shim runs runc with the cgroup manager kubelet expects.
-pub fn runc_options(systemd_cgroup: bool) -> prost_types::Any {
-    prost_types::Any {
-        type_url: RUNC_OPTIONS_TYPE_URL.to_string(),
-        value: prost::Message::encode_to_vec(&RuncOptions { systemd_cgroup }),
-    }
-}
 
 /// What peapod found out about the containerd it is connected to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -184,12 +163,12 @@ mod tests {
     }
 
     #[test]
-    fn runc_options_encode_field_9_under_the_bare_type_name() {
-        let any = runc_options(true);
-        assert_eq!(any.type_url, "containerd.runc.v1.Options");
-        // field 9, varint, value 1
-        assert_eq!(any.value, vec![9 << 3, 1]);
-        assert!(runc_options(false).value.is_empty());
+    fn runc_options_go_under_the_bare_type_name() {
+        assert_eq!(RUNC_OPTIONS_TYPE_URL, "containerd.runc.v1.Options");
+        let any = crate::cgroup::Driver::Systemd
+            .runc_options("io.containerd.runc.v2")
+            .unwrap();
+        assert_eq!(any.type_url, RUNC_OPTIONS_TYPE_URL);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod id;
 pub mod image;
 pub mod network;
 pub mod runtime;
+pub mod safe_fs;
 pub mod sandbox;
 pub mod server;
 pub mod spec;

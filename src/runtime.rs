@@ -33,6 +33,34 @@ pub struct Runtime {
     /// Set once the index has been rebuilt from containerd; until then state-changing and
     /// listing RPCs answer Unavailable rather than act on an empty index.
     recovered: std::sync::atomic::AtomicBool,
+    /// Containers whose latest state could not be written to the state directory.
+    pub unpersisted: Unpersisted,
+}
+
+/// Objects whose state peapod holds in memory but could not write (disk full, read-only
+/// state directory), with the last error; Status reports them until the retries succeed.
+#[derive(Default)]
+pub struct Unpersisted(std::sync::Mutex<std::collections::BTreeMap<String, String>>);
+
+impl Unpersisted {
+    pub fn note(&self, id: &str, error: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), error.to_string());
+    }
+
+    pub fn clear(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// The number of objects and one of their errors, when there are any.
+    pub fn summary(&self) -> Option<(usize, String, String)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .next()
+            .map(|(id, e)| (m.len(), id.clone(), e.clone()))
+    }
 }
 
 impl Runtime {
@@ -55,6 +83,7 @@ impl Runtime {
             events: tokio::sync::broadcast::channel(1024).0,
             stats: Default::default(),
             recovered: std::sync::atomic::AtomicBool::new(false),
+            unpersisted: Unpersisted::default(),
         })
     }
 
@@ -109,10 +138,33 @@ impl Runtime {
                 &format!("Network plugin returns error: cni plugin not initialized: {msg}"),
             )),
         }
+        // Not one of the two conditions kubelet requires, so it does not take the node
+        // down; it tells the operator that recorded state is only in memory.
+        if let Some((n, id, err)) = self.unpersisted.summary() {
+            conditions.push(condition(
+                "StatePersisted",
+                false,
+                "StateWriteFailed",
+                &format!(
+                    "{n} object(s) hold state peapod could not write to {} (retrying); \
+                     e.g. {id}: {err}",
+                    self.config.state_dir.display()
+                ),
+            ));
+        }
         if verbose {
             if let Ok(cfg) = serde_json::to_string(&self.config) {
                 info.insert("config".to_string(), cfg);
             }
+            // Live tokio tasks: a figure that must return to its level after pod churn (a
+            // leaked log writer, monitor or exec task shows here first).
+            info.insert(
+                "tokioAliveTasks".to_string(),
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks()
+                    .to_string(),
+            );
         }
         cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
@@ -162,6 +214,7 @@ impl Runtime {
                 tracing::warn!(dir = %exec_dir.display(), error = %e, "cannot sweep exec FIFOs");
             }
         }
+        crate::store::sweep_temp_files(&self.config.state_dir);
         let mut delay = std::time::Duration::from_millis(200);
         loop {
             // Containers after sandboxes: their events carry their sandbox's status.
@@ -171,6 +224,8 @@ impl Runtime {
             };
             match done.await {
                 Ok(()) => {
+                    crate::sandbox::lifecycle::finish_interrupted_stops(self).await;
+                    self.sweep_orphan_leases().await;
                     self.recovered
                         .store(true, std::sync::atomic::Ordering::SeqCst);
                     tracing::info!("state recovered from containerd");
@@ -181,6 +236,49 @@ impl Runtime {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(std::time::Duration::from_secs(5));
                 }
+            }
+        }
+    }
+
+    /// Leases a crashed peapod left: a pull's (no pull outlives the process) and those of
+    /// sandboxes or containers whose creation was cut off before containerd had a record of
+    /// them. Each holds content or a snapshot from the garbage collector, so each goes, with
+    /// the snapshot of the same key. Runs once recovery has rebuilt the index, before serving.
+    async fn sweep_orphan_leases(&self) {
+        let leases = match self.ctrd.lease_ids().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list leases to sweep orphans");
+                return;
+            }
+        };
+        for lease in leases {
+            let Some(rest) = lease.strip_prefix("peapod-") else {
+                continue;
+            };
+            let orphan = if rest.starts_with("pull-") {
+                true
+            } else {
+                rest.len() == 64
+                    && crate::id::is_valid_ref(rest)
+                    && self.sandboxes.get(rest).is_err()
+                    && self.containers.get(rest).is_err()
+            };
+            if !orphan {
+                continue;
+            }
+            if !rest.starts_with("pull-") {
+                if let Err(e) = self
+                    .ctrd
+                    .remove_snapshot(&self.config.snapshotter, rest)
+                    .await
+                {
+                    tracing::warn!(lease = %lease, error = %e, "remove orphan snapshot");
+                }
+            }
+            match self.ctrd.delete_lease_id(&lease).await {
+                Ok(()) => tracing::info!(lease = %lease, "removed a lease a crash left behind"),
+                Err(e) => tracing::warn!(lease = %lease, error = %e, "remove orphan lease"),
             }
         }
     }

@@ -49,11 +49,11 @@ pub fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
             config.hostname
         )));
     }
-    if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
-        return Err(Error::invalid(format!(
-            "pod sandbox config: log_directory {:?} must be an absolute path",
-            config.log_directory
-        )));
+    if !config.log_directory.is_empty() {
+        crate::safe_fs::check_absolute_dir(
+            &config.log_directory,
+            "pod sandbox config: log_directory",
+        )?;
     }
     for (i, p) in config.port_mappings.iter().enumerate() {
         if cri::Protocol::try_from(p.protocol).is_err() {
@@ -224,9 +224,13 @@ async fn create(
         ..Default::default()
     };
     if !host_net {
-        let path = rt.network.create_netns(&format!("peapod-{}", &id[..16]))?;
+        let path = rt.network.create_netns(&netns_name(id))?;
         made.netns = Some(path.clone());
         state.netns_path = Some(path.clone());
+        // Recorded before CNI ADD: if peapod dies during it, recovery finds the namespace
+        // and runs DEL (idempotent), so no IP or veth outlives a crash.
+        state.network_attached = true;
+        store::write_json_atomic(&super::state_file(&dir), &state)?;
         let req = network_request(id, &config, path);
         made.network = Some(req.clone());
         let net = rt.network.setup(&req).await?;
@@ -286,6 +290,10 @@ async fn create(
             value: config.encode_to_vec(),
         },
     );
+    // Counted as made before the call: a failed answer (a response too large to decode, a
+    // broken connection) does not mean containerd did not create it, and the delete in
+    // the undo is idempotent.
+    made.container = true;
     c.containers()
         .create(c.req_leased(
             CreateContainerRequest {
@@ -295,9 +303,7 @@ async fn create(
                     image: image.name.clone(),
                     runtime: Some(CtrRuntime {
                         name: rt.config.runtime.clone(),
-                        options: Some(crate::containerd_caps::runc_options(
-                            rt.config.cgroup_driver == crate::cgroup::Driver::Systemd,
-                        )),
+                        options: rt.host.cgroup_driver.runc_options(&rt.config.runtime),
                     }),
                     spec: Some(prost_types::Any {
                         type_url: SPEC_TYPE_URL.to_string(),
@@ -315,7 +321,6 @@ async fn create(
         ))
         .await
         .map_err(ctrd(format!("create container for sandbox {id}")))?;
-    made.container = true;
 
     task::create(c, id, mounts, task::NO_IO).await?;
     made.task = true;
@@ -462,6 +467,34 @@ pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// After recovery of sandboxes and containers: a sandbox that is not ready but whose pause
+/// task still runs had its StopPodSandbox cut off by a crash; the stop is finished, so a
+/// NOTREADY pod never keeps running processes or network.
+pub async fn finish_interrupted_stops(rt: &Runtime) {
+    for sb in rt.sandboxes.all() {
+        let st = sb.state();
+        if st.ready || st.pid == 0 {
+            continue;
+        }
+        if !matches!(
+            task::state(&rt.ctrd, &sb.id).await,
+            Ok(task::State::Running { .. })
+        ) {
+            continue;
+        }
+        match stop(rt, &sb.id).await {
+            Ok(()) => tracing::info!(sandbox = %sb.id, "finished a stop a crash interrupted"),
+            Err(e) => tracing::warn!(sandbox = %sb.id, error = %e, "finish an interrupted stop"),
+        }
+    }
+}
+
+/// The pinned network namespace's name: derived from the id, so recovery finds it even when
+/// a crash came before the state file recorded it.
+fn netns_name(id: &str) -> String {
+    format!("peapod-{}", &id[..16.min(id.len())])
+}
+
 /// Rebuilds the sandbox index from containerd and the state directory, reconciles each
 /// with its pause task, and cleans up what a crash mid-creation left behind.
 pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
@@ -523,10 +556,27 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
         if sb.dir.exists() {
             sb.update(|_| {})?;
         }
+        // pid is recorded together with ready at the end of RunPodSandbox and kept by a
+        // stop: not ready without a pid means the creation never finished.
+        let unfinished = !sb.state().ready && sb.state().pid == 0;
+
         rt.names.restore(&name, &id);
         rt.sandboxes.insert(sb.clone());
         if running {
             watch_pause(rt.clone(), sb);
+        }
+        if unfinished {
+            // A RunPodSandbox cut off by a crash after the containerd container was made:
+            // kubelet never got its id, so the pod is removed whole rather than kept half.
+            match remove(rt, &id).await {
+                Ok(()) => {
+                    tracing::info!(sandbox = %id, pod = %name, "removed a pod sandbox whose creation was interrupted")
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "remove interrupted pod sandbox")
+                }
+            }
+            continue;
         }
         tracing::info!(sandbox = %id, pod = %name, running, "recovered pod sandbox");
     }
@@ -541,14 +591,17 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
             let dir = e.path();
             let st: Option<SandboxState> =
                 store::read_json(&super::state_file(&dir)).ok().flatten();
-            if let Some(st) = st {
-                if let Some(p) = &st.netns_path {
-                    let req = network_request(&id, &cri::PodSandboxConfig::default(), p.clone());
-                    if let Err(e) = rt.network.teardown(&req).await {
-                        tracing::warn!(sandbox = %id, error = %e, "orphan CNI teardown");
-                    }
-                    let _ = netns::remove(p);
+            // Without a state file the namespace (if the crash came after making it) is
+            // still found by its name.
+            let netns = st
+                .and_then(|s| s.netns_path)
+                .unwrap_or_else(|| rt.config.netns_dir.join(netns_name(&id)));
+            if netns.exists() {
+                let req = network_request(&id, &cri::PodSandboxConfig::default(), netns.clone());
+                if let Err(e) = rt.network.teardown(&req).await {
+                    tracing::warn!(sandbox = %id, error = %e, "orphan CNI teardown");
                 }
+                let _ = netns::remove(&netns);
             }
             let _ = files::remove(&dir);
             let _ = rt.ctrd.delete_lease(&id).await;
