@@ -13,6 +13,8 @@
 //!   stay loaded (and read the CNI config) when only the gRPC plugin is disabled;
 //! - deprecation warnings in `Introspection.Server`: 1.7 and later (1.6 has none); 2.x
 //!   migrates a `version = 2` config in memory and says so in its log;
+//! - a task that exits while containerd is down: 1.6 still reports its exit code after
+//!   containerd's restart, 1.7 and 2.1 have dropped the task (the code is lost: 255);
 //! - runc options (`containerd.runc.v1.Options`): the field set changed (criu_path removed
 //!   in 2.0) and 1.6's shim resolves only the bare type name, so peapod sends the bare name
 //!   and only fields every version knows.
@@ -84,6 +86,15 @@ pub fn reports_deprecations(release: Option<Release>) -> bool {
     release.is_none_or(|r| (r.major, r.minor) >= (1, 7))
 }
 
+/// Whether a task that exits while containerd is down keeps its exit code for `Tasks.Wait`
+/// once containerd is back. 1.6 reconnects the shim and still has the stopped task; 1.7 and
+/// 2.1 no longer list the task after their restart (seen with `ctr tasks ls` on 2.1.5 and
+/// through peapod's Wait on 1.7.24 and 2.1.5), so peapod can only report the exit as
+/// unknown (255).
+pub fn exit_code_survives_restart(release: Option<Release>) -> bool {
+    release.is_some_and(|r| (r.major, r.minor) < (1, 7))
+}
+
 /// Type URL of the runc shim's options (`cgroup::Driver::runc_options` builds them). The shim
 /// decodes them at its start even when they are empty. 1.6 resolves an `Any` through gogo's registry, which knows the bare message
 /// name only: `types.googleapis.com/containerd.runc.v1.Options` fails every task create
@@ -153,6 +164,13 @@ mod tests {
             disabled_plugins_line(v21),
             r#"disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]"#
         );
+    }
+
+    #[test]
+    fn exits_during_an_outage_survive_only_on_1_6() {
+        assert!(exit_code_survives_restart(Release::parse("1.6.20~ds1")));
+        assert!(!exit_code_survives_restart(Release::parse("1.7.24~ds1")));
+        assert!(!exit_code_survives_restart(Release::parse("v2.1.5")));
     }
 
     #[test]
