@@ -17,6 +17,7 @@ pub mod sandbox;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod streaming;
 pub mod task;
 
 /// The CRI v1 API generated from `proto/api.proto`.
