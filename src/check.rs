@@ -1,6 +1,6 @@
 //! `peapod check`: what would stop this node from running pods through peapod, found before
 //! kubelet finds it. Each check asks the same code the daemon uses for that fact (the
-//! containerd connection and its plugin probe, the CNI loader behind Status' NetworkReady,
+//! containerd connection and its capability probe, the CNI loader behind Status' NetworkReady,
 //! the image inventory and the puller's resolve), so `check` and the daemon cannot disagree.
 //!
 //! kubelet's configuration file is read by hand for its two top-level scalars
@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::cgroup::Driver;
 use crate::config::{CheckArgs, Config};
 use crate::containerd::Containerd;
+use crate::containerd_caps::{self, Capabilities};
 use crate::image::{ImageStore, Inventory, Puller};
 use crate::network::cni;
 
@@ -81,12 +82,11 @@ impl std::fmt::Display for Finding {
 pub async fn run(config: &Config, args: &CheckArgs) -> Vec<Finding> {
     let mut out = vec![privileges()];
     let ctrd = Containerd::connect_lazy(&config.containerd_socket, &config.namespace);
-    let reachable = match &ctrd {
+    let caps = match &ctrd {
         Ok(c) => {
-            let f = containerd(c).await;
-            let up = f.verdict == Verdict::Ok;
+            let (f, caps) = containerd(c).await;
             out.push(f);
-            up
+            caps
         }
         Err(e) => {
             out.push(Finding::fail(
@@ -94,12 +94,12 @@ pub async fn run(config: &Config, args: &CheckArgs) -> Vec<Finding> {
                 e,
                 "set --containerd-socket to containerd's socket path",
             ));
-            false
+            None
         }
     };
-    match (&ctrd, reachable) {
-        (Ok(c), true) => {
-            out.push(builtin_cri(c).await);
+    match (&ctrd, &caps) {
+        (Ok(c), Some(caps)) => {
+            out.push(builtin_cri(caps));
             out.push(sandbox_image(c, config).await);
         }
         _ => {
@@ -142,44 +142,60 @@ fn privileges() -> Finding {
     }
 }
 
-async fn containerd(c: &Containerd) -> Finding {
-    match c.version().await {
-        Ok(v) => Finding::ok(
-            "containerd",
-            format!(
-                "{v} answering on {} (namespace {})",
-                c.socket().display(),
-                c.namespace()
+async fn containerd(c: &Containerd) -> (Finding, Option<Capabilities>) {
+    match c.capabilities().await {
+        Ok(caps) => (
+            Finding::ok(
+                "containerd",
+                format!(
+                    "{} answering on {} (namespace {})",
+                    caps.version,
+                    c.socket().display(),
+                    c.namespace()
+                ),
             ),
+            Some(caps),
         ),
-        Err(e) => Finding::fail(
-            "containerd",
-            e,
-            format!(
-                "start containerd (systemctl start containerd), or set --containerd-socket to \
-                 the socket it listens on (not {})",
-                c.socket().display()
+        Err(e) => (
+            Finding::fail(
+                "containerd",
+                e,
+                format!(
+                    "start containerd (systemctl start containerd), or set --containerd-socket \
+                     to the socket it listens on (not {})",
+                    c.socket().display()
+                ),
             ),
+            None,
         ),
     }
 }
 
-async fn builtin_cri(c: &Containerd) -> Finding {
+/// containerd's own CRI, from the same probe the daemon logs at start (`containerd_caps`).
+fn builtin_cri(caps: &Capabilities) -> Finding {
     const CHECK: &str = "containerd CRI plugin";
-    match c.builtin_cri_enabled().await {
-        Ok(false) => Finding::ok(CHECK, "containerd's built-in CRI plugin is disabled"),
-        Ok(true) => Finding::fail(
+    let line = containerd_caps::disabled_plugins_line(caps.parsed_release());
+    if caps.builtin_cri_serving() {
+        Finding::fail(
             CHECK,
             "containerd's built-in CRI plugin is enabled: it would manage pods and CNI on this \
              node beside peapod",
-            "add disabled_plugins = [\"io.containerd.grpc.v1.cri\"] to containerd's config.toml \
-             (as deploy/containerd-config.toml does) and restart containerd",
-        ),
-        Err(e) => Finding::fail(
+            format!(
+                "add {line} to containerd's config.toml (as deploy/containerd-config.toml does) \
+                 and restart containerd"
+            ),
+        )
+    } else if caps.cri_plugins_loaded.is_empty() {
+        Finding::ok(CHECK, "containerd's built-in CRI is disabled")
+    } else {
+        Finding::ok(
             CHECK,
-            format!("cannot list containerd's plugins: {e}"),
-            "check that containerd's introspection service is enabled",
-        ),
+            format!(
+                "containerd serves no CRI; its plugins {:?} are loaded (they read their own \
+                 config and CNI; to leave them out: {line})",
+                caps.cri_plugins_loaded
+            ),
+        )
     }
 }
 
@@ -618,6 +634,24 @@ mod tests {
         assert!(f.message.contains("chmod go-w"), "{f}");
         std::fs::write(dir.path().join("file"), "").unwrap();
         assert_eq!(state_dir(&dir.path().join("file")).verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn containerds_own_cri_fails_the_check_with_the_line_for_its_version() {
+        let caps = |version: &str, loaded: &[&str]| Capabilities {
+            version: version.into(),
+            cri_plugins_loaded: loaded.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        };
+        let f = builtin_cri(&caps("v2.1.5", &[containerd_caps::CRI_GRPC_PLUGIN]));
+        assert_eq!(f.verdict, Verdict::Fail);
+        assert!(f.message.contains("io.containerd.cri.v1.images"), "{f}");
+        let f = builtin_cri(&caps("1.6.20~ds1", &[containerd_caps::CRI_GRPC_PLUGIN]));
+        assert!(!f.message.contains("io.containerd.cri.v1.images"), "{f}");
+        assert_eq!(builtin_cri(&caps("1.6.20", &[])).verdict, Verdict::Ok);
+        let f = builtin_cri(&caps("v2.1.5", &["io.containerd.cri.v1.images"]));
+        assert_eq!(f.verdict, Verdict::Ok, "{f}");
+        assert!(f.message.contains("to leave them out"), "{f}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 pub mod container;
 pub mod containerd;
+pub mod containerd_caps;
 pub mod error;
 pub mod id;
 pub mod image;
