@@ -228,7 +228,8 @@ show_demo() {
     local pod web ip ok=0
     pod=$(cat "$WORK/demo-pod.id")
     web=$(cat "$WORK/demo-web.id")
-    ip=$(ctl inspectp "$pod" | awk '$1 == "IP:" {print $2; exit}')
+    # No early exit from awk: peapodctl must not write into a closed pipe.
+    ip=$(ctl inspectp "$pod" | awk '$1 == "IP:" && !ip {ip = $2} END {print ip}')
     say "peapodctl pods; peapodctl ps"
     ctl pods
     ctl ps
@@ -326,6 +327,13 @@ cmd_stop() {
         ip link del "$BRIDGE" || true
     fi
     rm -f "$CTRD_SOCK" "$CTRD_SOCK.ttrpc"
+    # The socket's directory, and the cgroup parent of pods without one (/peapod), once empty;
+    # rmdir leaves them to anyone still using them.
+    rmdir "$(dirname "$SOCKET")" 2>/dev/null || true
+    local cg
+    for cg in /sys/fs/cgroup/peapod /sys/fs/cgroup/*/peapod; do
+        [ -d "$cg" ] && rmdir "$cg" 2>/dev/null || true
+    done
     say "stopped (state kept in $WORK; 'run.sh clean' deletes it)"
 }
 

@@ -114,6 +114,10 @@ enum Cmd {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // As other command-line tools: output into a closed pipe (`| head`) ends the process
+    // quietly instead of a panic in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,

@@ -21,7 +21,7 @@ pub async fn verbose_info(rt: &Runtime, c: &Container) -> HashMap<String, String
         "snapshotKey": c.id,
         "snapshotter": rt.config.snapshotter,
         "runtimeType": rt.config.runtime,
-        "config": c.config,
+        "config": crate::cri_json::omitempty(&c.config),
         "runtimeSpec": Value::Null,
     });
     match rt.ctrd.container_with_spec(&c.id).await {

@@ -33,7 +33,7 @@ pub async fn verbose_info(rt: &Runtime, sb: &Sandbox) -> HashMap<String, String>
         "snapshotKey": sb.id,
         "snapshotter": rt.config.snapshotter,
         "runtimeType": rt.config.runtime,
-        "config": sb.config,
+        "config": crate::cri_json::omitempty(&sb.config),
         "runtimeSpec": Value::Null,
         "cniResult": cni_result,
         "sandboxMetadata": {
@@ -41,7 +41,7 @@ pub async fn verbose_info(rt: &Runtime, sb: &Sandbox) -> HashMap<String, String>
             "Metadata": {
                 "ID": sb.id,
                 "Name": sb.name,
-                "Config": sb.config,
+                "Config": crate::cri_json::omitempty(&sb.config),
                 "NetNSPath": netns,
                 "IP": ips.next().cloned().unwrap_or_default(),
                 "AdditionalIPs": ips.cloned().collect::<Vec<_>>(),
