@@ -61,16 +61,8 @@ fn check(config: &Config, args: &peapod::config::CheckArgs) -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("peapod: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = async_runtime(Some(2)) else {
+        return ExitCode::FAILURE;
     };
     let findings = rt.block_on(peapod::check::run(config, args));
     let mut failed = 0;
@@ -91,15 +83,8 @@ fn check(config: &Config, args: &peapod::config::CheckArgs) -> ExitCode {
 
 fn daemon(config: Config) -> ExitCode {
     init_logging(&config);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("peapod: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = async_runtime(None) else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,6 +92,22 @@ fn daemon(config: Config) -> ExitCode {
             tracing::error!("{e}");
             eprintln!("peapod: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The multi-threaded async runtime (one worker per core unless `workers` says), or None
+/// after saying why it could not start.
+fn async_runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    match b.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("peapod: cannot start the async runtime: {e}");
+            None
         }
     }
 }

@@ -207,31 +207,7 @@ fn with_code(l: &CallLabels, code: Code) -> CodeLabels {
     CodeLabels {
         grpc_service: l.grpc_service.clone(),
         grpc_method: l.grpc_method.clone(),
-        grpc_code: code_name(code).to_string(),
-    }
-}
-
-/// A gRPC code as grpc-go spells it (`codes.Code.String()`), which dashboards written for
-/// go-grpc-prometheus and containerd match on.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
+        grpc_code: crate::error::code_name(code).to_string(),
     }
 }
 

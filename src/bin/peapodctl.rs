@@ -137,7 +137,7 @@ enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Rpc(s) => write!(f, "{}: {}", code_name(s.code()), s.message()),
+            Failure::Rpc(s) => write!(f, "{}: {}", peapod::error::code_name(s.code()), s.message()),
             Failure::Connect(m) => write!(f, "Unavailable: {m}"),
         }
     }
@@ -146,30 +146,6 @@ impl std::fmt::Display for Failure {
 impl From<tonic::Status> for Failure {
     fn from(s: tonic::Status) -> Self {
         Failure::Rpc(s)
-    }
-}
-
-/// gRPC code names as grpc-go and crictl print them.
-fn code_name(c: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match c {
-        Ok => "OK",
-        Cancelled => "Canceled",
-        Unknown => "Unknown",
-        InvalidArgument => "InvalidArgument",
-        DeadlineExceeded => "DeadlineExceeded",
-        NotFound => "NotFound",
-        AlreadyExists => "AlreadyExists",
-        PermissionDenied => "PermissionDenied",
-        ResourceExhausted => "ResourceExhausted",
-        FailedPrecondition => "FailedPrecondition",
-        Aborted => "Aborted",
-        OutOfRange => "OutOfRange",
-        Unimplemented => "Unimplemented",
-        Internal => "Internal",
-        Unavailable => "Unavailable",
-        DataLoss => "DataLoss",
-        Unauthenticated => "Unauthenticated",
     }
 }
 

@@ -168,7 +168,12 @@ impl Puller {
         // Pulls with different credentials do not share: one must not ride on another's
         // secret. The key is never logged.
         let key = format!("{name}|{:x}", creds.fingerprint());
-        let job = PullJob {
+        let job = self.job(name, parsed, creds);
+        self.running.run(&key, move || job.run()).await
+    }
+
+    fn job(&self, name: String, parsed: Parsed, creds: PullCredentials) -> PullJob {
+        PullJob {
             ctrd: self.ctrd.clone(),
             snapshotter: self.snapshotter.clone(),
             hosts_dir: self.hosts_dir.clone(),
@@ -177,8 +182,7 @@ impl Puller {
             name,
             parsed,
             creds,
-        };
-        self.running.run(&key, move || job.run()).await
+        }
     }
 
     /// Resolves `image` at its registry (mirrors first, as a pull would) without pulling it:
@@ -191,16 +195,7 @@ impl Puller {
             auth: None,
             file: self.credentials_file.clone(),
         };
-        let job = PullJob {
-            ctrd: self.ctrd.clone(),
-            snapshotter: self.snapshotter.clone(),
-            hosts_dir: self.hosts_dir.clone(),
-            progress_timeout: self.progress_timeout,
-            blob_locks: self.blob_locks.clone(),
-            name,
-            parsed,
-            creds,
-        };
+        let job = self.job(name, parsed, creds);
         let (_, host, _, digest) = job.resolve(&Progress::new()).await?;
         Ok((host, digest))
     }
