@@ -234,6 +234,33 @@ impl Containerd {
         Ok((ctr, value))
     }
 
+    /// What containerd's CRI plugin shows from a container's record in verbose status info
+    /// (`runtimeSpec`, `snapshotKey`, `snapshotter`, `runtimeType`, `runtimeOptions`, and
+    /// with `image` the image the record names), written into the JSON object `info`.
+    pub async fn fill_verbose_info(
+        &self,
+        id: &str,
+        info: &mut serde_json::Value,
+        image: bool,
+    ) -> Result<()> {
+        use serde_json::json;
+        let (record, spec) = self.container_with_spec(id).await?;
+        info["runtimeSpec"] = spec;
+        info["snapshotKey"] = json!(record.snapshot_key);
+        info["snapshotter"] = json!(record.snapshotter);
+        if image {
+            info["image"] = json!(record.image);
+        }
+        if let Some(r) = record.runtime {
+            info["runtimeType"] = json!(r.name);
+            info["runtimeOptions"] = r
+                .options
+                .as_ref()
+                .map_or(serde_json::Value::Null, runtime_options_json);
+        }
+        Ok(())
+    }
+
     /// containerd's version, which doubles as the health check behind RuntimeReady.
     pub async fn version(&self) -> Result<String> {
         Ok(self.version_and_revision().await?.0)
@@ -392,6 +419,25 @@ where
     }
 }
 
+/// Runtime options as containerd's CRI plugin shows them: the runc shim's decoded, with the
+/// proto field names and zero fields left out as Go's JSON does (`{"systemd_cgroup":true}`);
+/// options of another type as their type URL, which is all peapod can say of them.
+fn runtime_options_json(any: &prost_types::Any) -> serde_json::Value {
+    use prost::Message;
+    if any.type_url.trim_start_matches("types.googleapis.com/")
+        == crate::cgroup::RUNC_OPTIONS_TYPE_URL
+    {
+        if let Ok(o) = crate::cgroup::RuncOptions::decode(any.value.as_slice()) {
+            let mut v = serde_json::Map::new();
+            if o.systemd_cgroup {
+                v.insert("systemd_cgroup".into(), true.into());
+            }
+            return serde_json::Value::Object(v);
+        }
+    }
+    serde_json::json!({"@type": any.type_url})
+}
+
 /// The lease of a sandbox or container peapod creates.
 pub fn lease_id(object_id: &str) -> String {
     format!("peapod-{object_id}")
@@ -405,5 +451,29 @@ fn absent_ok<T>(
         Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
         Err(s) => Err(ctrd(what())(s)),
+    }
+}
+
+#[cfg(test)]
+mod verbose_tests {
+    use super::*;
+
+    #[test]
+    fn runc_options_show_as_containerd_shows_them() {
+        let any = crate::cgroup::Driver::Systemd
+            .runc_options("io.containerd.runc.v2")
+            .expect("runc options for the systemd driver");
+        assert_eq!(
+            runtime_options_json(&any),
+            serde_json::json!({"systemd_cgroup": true})
+        );
+        let other = prost_types::Any {
+            type_url: "example.com/Other".into(),
+            value: vec![1, 2],
+        };
+        assert_eq!(
+            runtime_options_json(&other),
+            serde_json::json!({"@type": "example.com/Other"})
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! `peapod config default|show`.
 
 mod common;
+#[path = "common/registry.rs"]
+mod registry;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -10,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::cri::{config, pod, Client};
-use common::{bins, Rig};
+use common::{bins, oci, Rig};
 use peapod::cri::*;
 
 /// `GET path` over HTTP/1.0 on 127.0.0.1:port: (status code, body).
@@ -551,4 +553,120 @@ fn the_kind_node_recipe_disables_containerds_cri_and_configures_peapod() {
             "the build script does not stage {src}"
         );
     }
+}
+
+/// Pulls from a local registry: counted by result, with the bytes received; and the sandbox
+/// image check's other path, an image that is not present but pullable.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_image_pulls_and_check_resolves_a_pullable_sandbox_image() {
+    if !common::require_root() {
+        return;
+    }
+    if !Path::new("/usr/bin/docker-registry").exists() {
+        bins::missing(
+            "metrics_count_image_pulls",
+            "no /usr/bin/docker-registry (apt-get install docker-registry)",
+        );
+        return;
+    }
+    let port = bins::free_port();
+    let rig = Rig::start_with(vec![
+        "--metrics-address".into(),
+        format!("127.0.0.1:{port}"),
+    ])
+    .await;
+    let reg = registry::Registry::start(None);
+    let img = oci::build(
+        rig.dir.path(),
+        &oci::ImageSpec {
+            name: "localhost/metrics/pulled:1".into(),
+            cmd: vec!["sh".into()],
+            ..Default::default()
+        },
+    );
+    let digest = reg.push_image("metrics/pulled", "v1", &img, false).await;
+    let mut is = rig.image_client().await;
+    let pull = |r: String| PullImageRequest {
+        image: Some(ImageSpec {
+            image: r,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    is.pull_image(pull(format!("{}/metrics/pulled:v1", reg.addr)))
+        .await
+        .expect("PullImage");
+    is.pull_image(pull(format!("{}/metrics/pulled:nope", reg.addr)))
+        .await
+        .expect_err("pull of a missing tag");
+
+    let text = scrape(port);
+    assert_eq!(
+        sample(&text, r#"peapod_image_pulls_total{result="success"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"peapod_image_pulls_total{result="failure"}"#),
+        Some(1.0)
+    );
+    let least = (img.layer.len() + img.config.len() + img.manifest.len()) as f64;
+    let bytes = sample(&text, "peapod_image_pull_bytes_total").unwrap_or(0.0);
+    assert!(
+        bytes >= least,
+        "{bytes} bytes pulled, the image has {least}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"peapod_image_pull_duration_seconds_count{result="success"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"peapod_cri_requests_total{grpc_service="runtime.v1.ImageService",grpc_method="PullImage",grpc_code="OK"}"#
+        ),
+        Some(1.0)
+    );
+
+    // A sandbox image that is not in the namespace but can be pulled passes the check.
+    let other = format!("{}/metrics/pulled:v1", reg.addr);
+    let (_, report) = check_with(&rig, &[("--sandbox-image", &other)], &[]);
+    let line = report
+        .lines()
+        .find(|l| l.contains("sandbox image:"))
+        .unwrap_or("");
+    // Pulled above, so present; a new tag of it is only resolvable.
+    assert!(
+        line.starts_with("ok    sandbox image:") && line.contains("present"),
+        "{report}"
+    );
+    let tagged = format!("{}/metrics/pulled:v2", reg.addr);
+    reg.push_image("metrics/pulled", "v2", &img, false).await;
+    let (_, report) = check_with(&rig, &[("--sandbox-image", &tagged)], &[]);
+    let line = report
+        .lines()
+        .find(|l| l.contains("sandbox image:"))
+        .unwrap_or("");
+    assert!(
+        line.starts_with("ok    sandbox image:")
+            && line.contains("pullable")
+            && line.contains(&digest),
+        "{report}"
+    );
+    let (code, report) = check_with(
+        &rig,
+        &[(
+            "--sandbox-image",
+            &format!("{}/metrics/absent:v1", reg.addr),
+        )],
+        &[],
+    );
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        failure(&report, "sandbox image").contains("cannot be pulled"),
+        "{report}"
+    );
 }

@@ -21,21 +21,12 @@ pub async fn verbose_info(rt: &Runtime, c: &Container) -> HashMap<String, String
         "snapshotKey": c.id,
         "snapshotter": rt.config.snapshotter,
         "runtimeType": rt.config.runtime,
+        "runtimeOptions": Value::Null,
         "config": crate::cri_json::omitempty(&c.config),
         "runtimeSpec": Value::Null,
     });
-    match rt.ctrd.container_with_spec(&c.id).await {
-        Ok((record, spec)) => {
-            v["runtimeSpec"] = spec;
-            v["snapshotKey"] = json!(record.snapshot_key);
-            v["snapshotter"] = json!(record.snapshotter);
-            if let Some(r) = record.runtime {
-                v["runtimeType"] = json!(r.name);
-            }
-        }
-        Err(e) => {
-            tracing::debug!(container = %c.id, error = %e, "no containerd record for verbose status")
-        }
+    if let Err(e) = rt.ctrd.fill_verbose_info(&c.id, &mut v, false).await {
+        tracing::debug!(container = %c.id, error = %e, "no containerd record for verbose status");
     }
     HashMap::from([("info".to_string(), v.to_string())])
 }

@@ -33,6 +33,7 @@ pub async fn verbose_info(rt: &Runtime, sb: &Sandbox) -> HashMap<String, String>
         "snapshotKey": sb.id,
         "snapshotter": rt.config.snapshotter,
         "runtimeType": rt.config.runtime,
+        "runtimeOptions": Value::Null,
         "config": crate::cri_json::omitempty(&sb.config),
         "runtimeSpec": Value::Null,
         "cniResult": cni_result,
@@ -51,20 +52,9 @@ pub async fn verbose_info(rt: &Runtime, sb: &Sandbox) -> HashMap<String, String>
             },
         },
     });
-    match rt.ctrd.container_with_spec(&sb.id).await {
-        Ok((record, spec)) => {
-            v["runtimeSpec"] = spec;
-            // The image the pause container really runs, not today's sandbox_image setting.
-            v["image"] = json!(record.image);
-            v["snapshotKey"] = json!(record.snapshot_key);
-            v["snapshotter"] = json!(record.snapshotter);
-            if let Some(r) = record.runtime {
-                v["runtimeType"] = json!(r.name);
-            }
-        }
-        Err(e) => {
-            tracing::debug!(sandbox = %sb.id, error = %e, "no containerd record for verbose status")
-        }
+    // The image the pause container really runs, not today's sandbox_image setting.
+    if let Err(e) = rt.ctrd.fill_verbose_info(&sb.id, &mut v, true).await {
+        tracing::debug!(sandbox = %sb.id, error = %e, "no containerd record for verbose status");
     }
     HashMap::from([("info".to_string(), v.to_string())])
 }
