@@ -2,7 +2,8 @@
 //! and their shapes are those of containerd's CRI plugin (`SandboxInfo` in containerd's
 //! `internal/cri/server/podsandbox/types/sandbox_info.go`, with `sandboxMetadata` as its
 //! `sandboxstore.Metadata` marshals and `cniResult` as go-cni's `Result`), so tools and
-//! runbooks written against containerd read peapod's the same way.
+//! runbooks written against containerd read peapod's the same way. One key is peapod's own:
+//! `stateDir`, the directory of the pod's files.
 
 use std::collections::HashMap;
 
@@ -37,6 +38,8 @@ pub async fn verbose_info(rt: &Runtime, sb: &Sandbox) -> HashMap<String, String>
         "config": crate::cri_json::omitempty(&sb.config),
         "runtimeSpec": Value::Null,
         "cniResult": cni_result,
+        // peapod's own addition: where the pod's hostname, hosts, resolv.conf and shm are.
+        "stateDir": sb.dir,
         "sandboxMetadata": {
             "Version": "v1",
             "Metadata": {
