@@ -16,6 +16,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ctrd, Error, Result};
+use crate::keys::lease_id;
 
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
 pub const LEASE_HEADER: &str = "containerd-lease";
@@ -201,11 +202,6 @@ impl Containerd {
             .into_inner();
         Ok(resp.plugins.iter().any(|p| p.init_err.is_none()))
     }
-}
-
-/// The lease of a sandbox or container peapod creates.
-pub fn lease_id(object_id: &str) -> String {
-    format!("peapod-{object_id}")
 }
 
 fn absent_ok<T>(

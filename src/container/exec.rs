@@ -17,11 +17,12 @@ use containerd_client::types::v1::Status as TaskStatus;
 use serde_json::Value;
 
 use super::io::{capture, ContainerIo};
-use super::stored_spec::{self, PROCESS_TYPE_URL};
+use super::stored_spec;
 use super::Phase;
 use crate::containerd::Containerd;
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
+use crate::keys::type_url;
 use crate::runtime::Runtime;
 
 /// Most stdout (and, separately, stderr) kept from one ExecSync, as containerd's CRI plugin.
@@ -112,7 +113,7 @@ async fn run(
             stderr: paths.stderr,
             terminal: false,
             spec: Some(prost_types::Any {
-                type_url: PROCESS_TYPE_URL.to_string(),
+                type_url: type_url::PROCESS.to_string(),
                 value: process,
             }),
             exec_id: exec_id.clone(),

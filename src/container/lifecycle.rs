@@ -17,24 +17,20 @@ use containerd_client::services::v1::{Container as CtrContainer, CreateContainer
 use prost::Message;
 
 use super::monitor::{self, emit};
+use super::record::reserved_name;
 use super::record::ContainerUserIds;
-use super::record::{
-    reserved_name, EXT_CONTAINER_CONFIG, EXT_CONTAINER_META, KIND_CONTAINER, LABEL_SANDBOX_ID,
-    TYPE_CONTAINER_CONFIG, TYPE_CONTAINER_META,
-};
 use super::{io::ContainerIo, logs, Container, ContainerMeta, ContainerState, Phase};
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
+use crate::keys::{extension, label, lease_id, type_url};
 use crate::runtime::Runtime;
-use crate::sandbox::lifecycle::{lease_id, SPEC_TYPE_URL};
-use crate::sandbox::{Sandbox, LABEL_KIND};
+use crate::sandbox::Sandbox;
+use crate::signal::{cri_signal_number, parse_signal};
 use crate::spec::{self, SandboxInfo};
 use crate::{id, task};
 
 pub use super::recover::recover;
 
-/// containerd label with the reserved name, so recovery restores it without the sandbox.
-pub const LABEL_NAME: &str = "io.peapod.name";
 /// How long a SIGKILLed container may take to be reported exited before the call fails.
 const KILL_LIMIT: Duration = Duration::from_secs(30);
 
@@ -217,22 +213,22 @@ async fn create_in(
         serde_json::to_vec(&meta).map_err(|e| Error::internal(format!("encode meta: {e}")))?;
 
     let labels = HashMap::from([
-        (LABEL_KIND.to_string(), KIND_CONTAINER.to_string()),
-        (LABEL_SANDBOX_ID.to_string(), sb.id.clone()),
-        (LABEL_NAME.to_string(), name.to_string()),
+        (label::KIND.to_string(), label::KIND_CONTAINER.to_string()),
+        (label::SANDBOX_ID.to_string(), sb.id.clone()),
+        (label::NAME.to_string(), name.to_string()),
     ]);
     let extensions = HashMap::from([
         (
-            EXT_CONTAINER_CONFIG.to_string(),
+            extension::CONTAINER_CONFIG.to_string(),
             prost_types::Any {
-                type_url: TYPE_CONTAINER_CONFIG.to_string(),
+                type_url: extension::CONTAINER_CONFIG_TYPE.to_string(),
                 value: config.encode_to_vec(),
             },
         ),
         (
-            EXT_CONTAINER_META.to_string(),
+            extension::CONTAINER_META.to_string(),
             prost_types::Any {
-                type_url: TYPE_CONTAINER_META.to_string(),
+                type_url: extension::CONTAINER_META_TYPE.to_string(),
                 value: meta_bytes,
             },
         ),
@@ -249,7 +245,7 @@ async fn create_in(
                         options: None,
                     }),
                     spec: Some(prost_types::Any {
-                        type_url: SPEC_TYPE_URL.to_string(),
+                        type_url: type_url::SPEC.to_string(),
                         value: spec_bytes,
                     }),
                     snapshotter: rt.config.snapshotter.clone(),
@@ -371,79 +367,6 @@ async fn undo(rt: &Runtime, id: &str, made: Made) {
     rt.containers.remove(id);
 }
 
-/// Parses a signal as images and users write it: `SIGUSR1`, `USR1` or `10`.
-pub fn parse_signal(s: &str) -> Result<u32> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n)
-            .map(|sig| sig as u32)
-            .map_err(|_| Error::invalid(format!("unknown signal number {n}")));
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    if let Some(n) = realtime_signal(&name) {
-        return Ok(n);
-    }
-    // Old aliases the CRI Signal enum also carries.
-    let name = match name.as_str() {
-        "SIGCLD" => "SIGCHLD",
-        "SIGPOLL" => "SIGIO",
-        "SIGIOT" => "SIGABRT",
-        other => other,
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .map(|sig| sig as u32)
-        .map_err(|_| Error::invalid(format!("unknown signal {s:?}")))
-}
-
-/// SIGRTMIN, SIGRTMIN+n / SIGRTMINPLUSn, SIGRTMAX-n / SIGRTMAXMINUSn, SIGRTMAX.
-fn realtime_signal(name: &str) -> Option<u32> {
-    let min = libc::SIGRTMIN();
-    let max = libc::SIGRTMAX();
-    let offset = |rest: &str| rest.parse::<i32>().ok();
-    let n = if name == "SIGRTMIN" {
-        min
-    } else if name == "SIGRTMAX" {
-        max
-    } else if let Some(r) = name
-        .strip_prefix("SIGRTMINPLUS")
-        .or_else(|| name.strip_prefix("SIGRTMIN+"))
-    {
-        min + offset(r)?
-    } else if let Some(r) = name
-        .strip_prefix("SIGRTMAXMINUS")
-        .or_else(|| name.strip_prefix("SIGRTMAX-"))
-    {
-        max - offset(r)?
-    } else {
-        return None;
-    };
-    (min..=max).contains(&n).then_some(n as u32)
-}
-
-/// The signal a CRI `Signal` value names; RUNTIME_DEFAULT (0) is None.
-pub fn cri_signal_number(v: i32) -> Result<Option<u32>> {
-    if v == 0 {
-        return Ok(None);
-    }
-    let sig = cri::Signal::try_from(v)
-        .map_err(|_| Error::invalid(format!("stop_signal: unknown signal value {v}")))?;
-    parse_signal(sig.as_str_name())
-        .map(Some)
-        .map_err(|e| Error::invalid(format!("stop_signal: {e}")))
-}
-
-/// The CRI `Signal` value of a signal number (the first name the enum gives it).
-pub fn cri_signal_value(n: u32) -> i32 {
-    (1..=65)
-        .find(|&v| matches!(cri_signal_number(v), Ok(Some(x)) if x == n))
-        .unwrap_or(0)
-}
-
 pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
     let c = rt.containers.get(id)?;
     // Its own task, like create: a cancelled request must not leave a task created but
@@ -556,19 +479,6 @@ async fn wait_exited(c: &Container, limit: Duration) -> bool {
     }
 }
 
-/// The graceful stop signal: the pod's (CRI stop_signal, kubelet 1.33+), else the image's
-/// STOPSIGNAL recorded at create, else SIGTERM.
-pub fn stop_signal(c: &Container) -> Result<u32> {
-    if let Some(n) = cri_signal_number(c.config.stop_signal)? {
-        return Ok(n);
-    }
-    if c.meta.image_stop_signal.is_empty() {
-        Ok(libc::SIGTERM as u32)
-    } else {
-        parse_signal(&c.meta.image_stop_signal)
-    }
-}
-
 pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
     let Some(c) = rt.containers.find(id)? else {
         return Ok(());
@@ -580,7 +490,7 @@ pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
             return Ok(());
         }
         if timeout_s > 0 && !st.stop_signal_sent {
-            let sig = stop_signal(&c)?;
+            let sig = c.stop_signal()?;
             // Recorded first: a repeated stop (now or after a restart) must not signal again.
             c.update(|s| s.stop_signal_sent = true)?;
             tracing::info!(container = %c.id, signal = sig, "sending stop signal");
@@ -689,47 +599,6 @@ pub async fn remove_pod_containers(rt: &Runtime, sandbox_id: &str) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signals_parse_by_name_short_name_and_number() {
-        assert_eq!(parse_signal("SIGUSR1").unwrap(), libc::SIGUSR1 as u32);
-        assert_eq!(parse_signal("usr1").unwrap(), libc::SIGUSR1 as u32);
-        assert_eq!(parse_signal("15").unwrap(), libc::SIGTERM as u32);
-        assert!(matches!(
-            parse_signal("SIGNOPE"),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(parse_signal("99").is_err());
-        assert_eq!(
-            parse_signal("SIGRTMIN+2").unwrap(),
-            libc::SIGRTMIN() as u32 + 2
-        );
-        assert_eq!(parse_signal("SIGCLD").unwrap(), libc::SIGCHLD as u32);
-    }
-
-    #[test]
-    fn cri_signal_enum_maps_to_numbers_and_back() {
-        assert_eq!(cri_signal_number(0).unwrap(), None);
-        let usr2 = cri::Signal::Sigusr2 as i32;
-        assert_eq!(cri_signal_number(usr2).unwrap(), Some(libc::SIGUSR2 as u32));
-        assert_eq!(
-            cri_signal_number(cri::Signal::Sigrtmax as i32).unwrap(),
-            Some(libc::SIGRTMAX() as u32)
-        );
-        assert_eq!(
-            cri_signal_number(cri::Signal::Sigrtmaxminus1 as i32).unwrap(),
-            Some(libc::SIGRTMAX() as u32 - 1)
-        );
-        assert!(cri_signal_number(999).is_err());
-        assert_eq!(
-            cri_signal_value(libc::SIGTERM as u32),
-            cri::Signal::Sigterm as i32
-        );
-        // Every enum value names a signal this host has.
-        for v in 1..=65 {
-            assert!(cri_signal_number(v).unwrap().is_some(), "{v}");
-        }
-    }
 
     #[test]
     fn image_ref_prefers_the_repo_digest() {

@@ -10,17 +10,6 @@ use crate::cri;
 use crate::error::Result;
 use crate::store;
 
-/// containerd label value of `io.peapod.kind` for workload containers.
-pub const KIND_CONTAINER: &str = "container";
-/// containerd label holding the container's sandbox id (indexable with a filter).
-pub const LABEL_SANDBOX_ID: &str = "io.peapod.sandbox-id";
-/// containerd container extension holding the CRI ContainerConfig (protobuf).
-pub const EXT_CONTAINER_CONFIG: &str = "io.peapod.container.config";
-pub const TYPE_CONTAINER_CONFIG: &str = "type.peapod.io/runtime.v1.ContainerConfig";
-/// containerd container extension holding [`ContainerMeta`] (JSON).
-pub const EXT_CONTAINER_META: &str = "io.peapod.container.meta";
-pub const TYPE_CONTAINER_META: &str = "type.peapod.io/ContainerMeta";
-
 /// Fixed at create, stored in containerd with the container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ContainerMeta {
@@ -161,6 +150,11 @@ impl Container {
             .map(|_| ())
     }
 
+    /// The signal a graceful stop sends ([`crate::signal::stop_signal`]).
+    pub fn stop_signal(&self) -> Result<u32> {
+        crate::signal::stop_signal(self.config.stop_signal, &self.meta.image_stop_signal)
+    }
+
     pub fn state_path(&self) -> &Path {
         &self.state_path
     }
@@ -233,8 +227,9 @@ impl Container {
                         .collect(),
                 }),
             }),
-            stop_signal: crate::container::lifecycle::stop_signal(self)
-                .map(crate::container::lifecycle::cri_signal_value)
+            stop_signal: self
+                .stop_signal()
+                .map(crate::signal::cri_signal_value)
                 .unwrap_or(0),
         }
     }

@@ -9,13 +9,12 @@ use containerd_client::services::v1::ListContainersRequest;
 use prost::Message;
 
 use super::io::ContainerIo;
-use super::lifecycle::LABEL_NAME;
-use super::record::{state_file, EXT_CONTAINER_CONFIG, EXT_CONTAINER_META, KIND_CONTAINER};
+use super::record::state_file;
 use super::{logs, monitor, Container, ContainerMeta, ContainerState, Phase};
 use crate::cri;
 use crate::error::{ctrd, Result};
+use crate::keys::{extension, label};
 use crate::runtime::Runtime;
-use crate::sandbox::LABEL_KIND;
 use crate::{id, store, task};
 
 pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
@@ -23,7 +22,11 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
         .ctrd
         .containers()
         .list(rt.ctrd.req(ListContainersRequest {
-            filters: vec![format!("labels.\"{LABEL_KIND}\"=={KIND_CONTAINER}")],
+            filters: vec![format!(
+                "labels.\"{}\"=={}",
+                label::KIND,
+                label::KIND_CONTAINER
+            )],
         }))
         .await
         .map_err(ctrd("list workload containers"))?
@@ -35,17 +38,17 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
         known.insert(id.clone());
         let config = ctr
             .extensions
-            .get(EXT_CONTAINER_CONFIG)
+            .get(extension::CONTAINER_CONFIG)
             .map(|a| cri::ContainerConfig::decode(a.value.as_slice()));
         let meta = ctr
             .extensions
-            .get(EXT_CONTAINER_META)
+            .get(extension::CONTAINER_META)
             .map(|a| serde_json::from_slice::<ContainerMeta>(&a.value));
         let (Some(Ok(config)), Some(Ok(meta))) = (config, meta) else {
             tracing::warn!(container = %id, "containerd container lacks a readable config or meta; skipping");
             continue;
         };
-        let name = ctr.labels.get(LABEL_NAME).cloned().unwrap_or_default();
+        let name = ctr.labels.get(label::NAME).cloned().unwrap_or_default();
         let state: ContainerState = store::read_json(&state_file(&rt.config.state_dir, &id))
             .unwrap_or_else(|e| {
                 tracing::warn!(container = %id, error = %e, "unreadable container state");

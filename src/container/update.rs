@@ -7,10 +7,11 @@
 use containerd_client::services::v1::UpdateTaskRequest;
 use serde_json::{Map, Value};
 
-use super::stored_spec::{self, RESOURCES_TYPE_URL};
+use super::stored_spec;
 use super::Phase;
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
+use crate::keys::type_url;
 use crate::runtime::Runtime;
 use crate::spec::resources::enforceable_resources;
 
@@ -83,7 +84,7 @@ pub async fn update_resources(
             .update(rt.ctrd.req(UpdateTaskRequest {
                 container_id: c.id.clone(),
                 resources: Some(prost_types::Any {
-                    type_url: RESOURCES_TYPE_URL.to_string(),
+                    type_url: type_url::LINUX_RESOURCES.to_string(),
                     value,
                 }),
                 annotations: req.annotations,

@@ -12,15 +12,13 @@ use prost::Message;
 
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
+use crate::keys::{extension, label, lease_id, type_url};
 use crate::network::{netns, PodNetworkRequest, PortMapping};
 use crate::runtime::Runtime;
 use crate::sandbox::{files, reserved_name, spec, Sandbox, SandboxState};
 use crate::{id, store, task};
 
-pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const STOP_KILL_LIMIT: Duration = Duration::from_secs(10);
-
-pub use crate::containerd::lease_id;
 
 pub fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
     let m = config
@@ -273,16 +271,13 @@ async fn create(
     let spec_bytes =
         serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encode spec: {e}")))?;
     let mut labels = HashMap::new();
-    labels.insert(
-        super::LABEL_KIND.to_string(),
-        super::KIND_SANDBOX.to_string(),
-    );
-    labels.insert("io.peapod.name".to_string(), name.to_string());
+    labels.insert(label::KIND.to_string(), label::KIND_SANDBOX.to_string());
+    labels.insert(label::NAME.to_string(), name.to_string());
     let mut extensions = HashMap::new();
     extensions.insert(
-        super::EXT_SANDBOX_CONFIG.to_string(),
+        extension::SANDBOX_CONFIG.to_string(),
         prost_types::Any {
-            type_url: super::TYPE_SANDBOX_CONFIG.to_string(),
+            type_url: extension::SANDBOX_CONFIG_TYPE.to_string(),
             value: config.encode_to_vec(),
         },
     );
@@ -298,7 +293,7 @@ async fn create(
                         options: None,
                     }),
                     spec: Some(prost_types::Any {
-                        type_url: SPEC_TYPE_URL.to_string(),
+                        type_url: type_url::SPEC.to_string(),
                         value: spec_bytes,
                     }),
                     snapshotter: rt.config.snapshotter.clone(),
@@ -469,8 +464,8 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
         .list(rt.ctrd.req(ListContainersRequest {
             filters: vec![format!(
                 "labels.\"{}\"=={}",
-                super::LABEL_KIND,
-                super::KIND_SANDBOX
+                label::KIND,
+                label::KIND_SANDBOX
             )],
         }))
         .await
@@ -481,7 +476,7 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
     for ctr in list {
         let id = ctr.id.clone();
         known.insert(id.clone());
-        let Some(cfg_any) = ctr.extensions.get(super::EXT_SANDBOX_CONFIG) else {
+        let Some(cfg_any) = ctr.extensions.get(extension::SANDBOX_CONFIG) else {
             tracing::warn!(sandbox = %id, "containerd container has no sandbox config; skipping");
             continue;
         };

@@ -15,13 +15,6 @@ use crate::cri;
 use crate::error::Result;
 use crate::store;
 
-/// containerd label marking what peapod made a container for.
-pub const LABEL_KIND: &str = "io.peapod.kind";
-pub const KIND_SANDBOX: &str = "sandbox";
-/// containerd container extension holding the PodSandboxConfig (protobuf).
-pub const EXT_SANDBOX_CONFIG: &str = "io.peapod.sandbox.config";
-pub const TYPE_SANDBOX_CONFIG: &str = "type.peapod.io/runtime.v1.PodSandboxConfig";
-
 /// What peapod remembers of a sandbox beyond containerd, written atomically to
 /// `<state_dir>/sandboxes/<id>/state.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

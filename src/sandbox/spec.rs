@@ -7,14 +7,7 @@ use serde_json::{json, Value};
 
 use crate::cri;
 use crate::error::{Error, Result};
-
-/// Annotations the runc shim and other tools read to group a pod's containers.
-pub const ANN_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-pub const ANN_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-pub const ANN_SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
-pub const ANN_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
-pub const ANN_SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
-pub const ANN_SANDBOX_LOG_DIR: &str = "io.kubernetes.cri.sandbox-log-directory";
+use crate::keys::annotation as ann;
 
 /// containerd's CRI plugin gives the pause process -998 so the OOM killer spares it.
 const SANDBOX_OOM_SCORE_ADJ: i32 = -998;
@@ -107,13 +100,16 @@ pub fn pause_spec(input: &PauseSpecInput<'_>) -> Result<Value> {
     for (k, v) in &input.config.annotations {
         annotations.insert(k.clone(), json!(v));
     }
-    annotations.insert(ANN_CONTAINER_TYPE.into(), json!("sandbox"));
-    annotations.insert(ANN_SANDBOX_ID.into(), json!(input.id));
-    annotations.insert(ANN_SANDBOX_NAME.into(), json!(meta.name));
-    annotations.insert(ANN_SANDBOX_NAMESPACE.into(), json!(meta.namespace));
-    annotations.insert(ANN_SANDBOX_UID.into(), json!(meta.uid));
     annotations.insert(
-        ANN_SANDBOX_LOG_DIR.into(),
+        ann::CONTAINER_TYPE.into(),
+        json!(ann::CONTAINER_TYPE_SANDBOX),
+    );
+    annotations.insert(ann::SANDBOX_ID.into(), json!(input.id));
+    annotations.insert(ann::SANDBOX_NAME.into(), json!(meta.name));
+    annotations.insert(ann::SANDBOX_NAMESPACE.into(), json!(meta.namespace));
+    annotations.insert(ann::SANDBOX_UID.into(), json!(meta.uid));
+    annotations.insert(
+        ann::SANDBOX_LOG_DIR.into(),
         json!(input.config.log_directory),
     );
 
@@ -313,8 +309,8 @@ mod tests {
             .unwrap()
             .contains(&json!("/proc/kcore")));
         assert_eq!(s["linux"]["cgroupsPath"], "/kubepods/pod1/abc");
-        assert_eq!(s["annotations"][ANN_SANDBOX_ID], "abc");
-        assert_eq!(s["annotations"][ANN_CONTAINER_TYPE], "sandbox");
+        assert_eq!(s["annotations"][ann::SANDBOX_ID], "abc");
+        assert_eq!(s["annotations"][ann::CONTAINER_TYPE], "sandbox");
         assert_eq!(s["hostname"], "h");
         let nss = s["linux"]["namespaces"].as_array().unwrap();
         assert!(nss

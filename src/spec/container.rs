@@ -8,10 +8,11 @@ use oci_spec::runtime::{
     Linux, LinuxDevice, LinuxNamespace, LinuxNamespaceType, Process, Root, Spec, User,
 };
 
-use super::{annotations as ann, devices, mounts, resources, security, user};
+use super::{devices, mounts, resources, security, user};
 use super::{ContainerSpecInput, SandboxInfo};
 use crate::cri::{self, NamespaceMode};
 use crate::error::{Error, Result};
+use crate::keys::annotation as ann;
 
 /// The PATH a process gets when neither the image nor the request sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -35,19 +35,6 @@ pub use resources::CgroupHost;
 pub use security::HostSecurity;
 pub use user::{ResolvedUser, UserDb};
 
-/// Annotation keys containerd's CRI plugin puts on every container (the runc shim groups a
-/// pod's containers into one shim process by `sandbox-id`).
-pub mod annotations {
-    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-    pub const CONTAINER_TYPE_CONTAINER: &str = "container";
-    pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-    pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
-    pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
-    pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
-    pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
-    pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
-}
-
 /// What the spec needs to know about the pod sandbox the container joins.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SandboxInfo {
