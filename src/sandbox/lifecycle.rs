@@ -188,7 +188,7 @@ async fn create(
 ) -> Result<()> {
     let c = &rt.ctrd;
     let image = sandbox_image(rt).await?;
-    let ns = spec::namespace_options(&config);
+    let ns = crate::spec::sandbox::namespace_options(&config);
     let host_net = ns.network == cri::NamespaceMode::Node as i32;
     let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
     let created_at = task::now_ns();
@@ -253,7 +253,7 @@ async fn create(
         .mounts;
     made.snapshot = true;
 
-    let spec = spec::pause_spec(&spec::PauseSpecInput {
+    let spec = crate::spec::sandbox_spec(&crate::spec::SandboxSpecInput {
         id,
         config: &config,
         image: &image.config,
@@ -266,7 +266,7 @@ async fn create(
                 .map_or("", |l| l.cgroup_parent.as_str()),
             id,
         ),
-        min_oom_score_adj: spec::own_oom_score_adj(),
+        min_oom_score_adj: rt.host.own_oom_score_adj,
     })?;
     let spec_bytes =
         serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encode spec: {e}")))?;

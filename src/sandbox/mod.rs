@@ -79,7 +79,7 @@ impl Sandbox {
     }
 
     pub fn namespace_options(&self) -> cri::NamespaceOption {
-        spec::namespace_options(&self.config)
+        crate::spec::sandbox::namespace_options(&self.config)
     }
     pub fn host_network(&self) -> bool {
         self.namespace_options().network == cri::NamespaceMode::Node as i32

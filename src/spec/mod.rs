@@ -19,6 +19,7 @@ pub mod devices;
 pub mod features;
 pub mod mounts;
 pub mod resources;
+pub mod sandbox;
 pub mod seccomp;
 pub mod security;
 pub mod user;
@@ -32,6 +33,7 @@ use crate::error::Error;
 
 pub use container::container_spec;
 pub use resources::CgroupHost;
+pub use sandbox::{sandbox_spec, SandboxSpecInput};
 pub use security::HostSecurity;
 pub use user::{ResolvedUser, UserDb};
 

@@ -75,6 +75,17 @@ pub fn default_mounts(privileged: bool) -> Result<Vec<Mount>> {
     ])
 }
 
+/// The pause container's mounts: the defaults without the cgroup filesystem, which the pause
+/// process has no use for. A privileged pod's /sys is mounted read-write here too, and it
+/// matters most here: sysfs keeps one superblock per network namespace, and the first mount's
+/// read-only flag (the pause's, which owns the pod's network namespace) sticks to it, so a
+/// read-only mount here would make every privileged container's /sys read-only too.
+pub fn sandbox_mounts(privileged: bool) -> Result<Vec<Mount>> {
+    let mut mounts = default_mounts(privileged)?;
+    mounts.retain(|m| m.destination() != Path::new("/sys/fs/cgroup"));
+    Ok(mounts)
+}
+
 /// A bind mount to add, before translation.
 struct Bind {
     container_path: String,
