@@ -8,8 +8,8 @@ use oci_spec::runtime::{
     Linux, LinuxDevice, LinuxNamespace, LinuxNamespaceType, Process, Root, Spec, User,
 };
 
+use super::input::{ContainerSpecInput, SandboxInfo};
 use super::{devices, mounts, resources, security, user};
-use super::{ContainerSpecInput, SandboxInfo};
 use crate::cri::{self, NamespaceMode};
 use crate::error::{Error, Result};
 use crate::keys::annotation as ann;

@@ -5,10 +5,10 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{Mount, MountBuilder};
 
-use super::{oci_err, SandboxInfo};
+use super::input::SandboxInfo;
 use crate::cri;
 use crate::cri::MountPropagation;
-use crate::error::{Error, Result};
+use crate::error::{oci_err, Error, Result};
 
 /// Mounts and the rootfs propagation they need.
 #[derive(Debug, Clone)]

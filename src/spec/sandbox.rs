@@ -13,9 +13,9 @@ use oci_spec::runtime::{
     Root, Spec, User,
 };
 
-use super::{mounts, oci_err, security};
+use super::{mounts, security};
 use crate::cri;
-use crate::error::{Error, Result};
+use crate::error::{oci_err, Error, Result};
 use crate::keys::annotation as ann;
 
 /// containerd's CRI plugin gives the pause process -998 so the OOM killer spares it.
