@@ -16,6 +16,7 @@ pub mod sandbox;
 pub mod server;
 pub mod signal;
 pub mod spec;
+pub mod stdio;
 pub mod store;
 pub mod task;
 

@@ -9,8 +9,7 @@ use crate::cri;
 use crate::error::Result;
 use crate::image::{ImageStore, Inventory, Puller};
 use crate::network::Network;
-use crate::sandbox::Sandboxes;
-use crate::store::Names;
+use crate::store::{Containers, Names, Sandboxes};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,7 +22,7 @@ pub struct Runtime {
     /// Sandbox and container names share one table, as kubelet's names never collide across kinds.
     pub names: Names,
     pub sandboxes: Sandboxes,
-    pub containers: crate::container::Containers,
+    pub containers: Containers,
     /// Node facts the container spec depends on, detected once at start-up.
     pub host: crate::spec::HostInfo,
     /// Container lifecycle events for GetContainerEvents subscribers.

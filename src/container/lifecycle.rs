@@ -17,16 +17,15 @@ use containerd_client::services::v1::{Container as CtrContainer, CreateContainer
 use prost::Message;
 
 use super::monitor::{self, emit};
-use super::record::reserved_name;
-use super::record::ContainerUserIds;
-use super::{io::ContainerIo, logs, Container, ContainerMeta, ContainerState, Phase};
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
 use crate::keys::{extension, label, lease_id, type_url};
 use crate::runtime::Runtime;
-use crate::sandbox::Sandbox;
 use crate::signal::{cri_signal_number, parse_signal};
 use crate::spec::{self, SandboxInfo};
+use crate::stdio::{log as logs, ContainerIo};
+use crate::store::container::reserved_name;
+use crate::store::{Container, ContainerMeta, ContainerState, ContainerUserIds, Phase, Sandbox};
 use crate::{id, task};
 
 pub use super::recover::recover;

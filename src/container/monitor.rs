@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::stored_spec;
 use crate::cgroup::Cgroup;
-use crate::container::{Container, Phase};
 use crate::cri;
 use crate::runtime::Runtime;
+use crate::store::{Container, Phase};
 use crate::task;
 
 /// How long the exit path waits for the log writer to reach EOF on its own before cutting
@@ -173,7 +173,7 @@ pub async fn locate_cgroup(rt: &Runtime, id: &str, pid: u32) -> Option<Cgroup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::{ContainerMeta, ContainerState};
+    use crate::store::{ContainerMeta, ContainerState};
 
     #[tokio::test]
     async fn events_carry_the_container_status() {

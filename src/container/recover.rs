@@ -8,13 +8,14 @@ use std::sync::Arc;
 use containerd_client::services::v1::ListContainersRequest;
 use prost::Message;
 
-use super::io::ContainerIo;
-use super::record::state_file;
-use super::{logs, monitor, Container, ContainerMeta, ContainerState, Phase};
+use super::monitor;
 use crate::cri;
 use crate::error::{ctrd, Result};
 use crate::keys::{extension, label};
 use crate::runtime::Runtime;
+use crate::stdio::{log as logs, ContainerIo};
+use crate::store::container::state_file;
+use crate::store::{Container, ContainerMeta, ContainerState, Phase};
 use crate::{id, store, task};
 
 pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {

@@ -13,12 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use containerd_client::services::v1::snapshots::UsageRequest;
 
-use super::{Container, Phase};
 use crate::cgroup::{self, Cgroup, Sample};
 use crate::cri;
 use crate::error::{ctrd, Result};
 use crate::runtime::Runtime;
-use crate::sandbox::Sandbox;
+use crate::store::{Container, Phase, Sandbox};
 use crate::task::now_ns;
 
 /// One cumulative CPU reading.

@@ -8,12 +8,12 @@ use containerd_client::services::v1::UpdateTaskRequest;
 use serde_json::{Map, Value};
 
 use super::stored_spec;
-use super::Phase;
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
 use crate::keys::type_url;
 use crate::runtime::Runtime;
 use crate::spec::resources::enforceable_resources;
+use crate::store::Phase;
 
 /// Sections of OCI `LinuxResources` that are merged field by field: a field the request
 /// leaves at zero ("not set" in CRI) keeps its current value.

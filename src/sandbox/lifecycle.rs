@@ -15,7 +15,9 @@ use crate::error::{ctrd, Error, Result};
 use crate::keys::{extension, label, lease_id, type_url};
 use crate::network::{netns, PodNetworkRequest, PortMapping};
 use crate::runtime::Runtime;
-use crate::sandbox::{files, reserved_name, spec, Sandbox, SandboxState};
+use crate::sandbox::{files, spec};
+use crate::store::sandbox::{reserved_name, state_file};
+use crate::store::{Sandbox, SandboxState};
 use crate::{id, store, task};
 
 const STOP_KILL_LIMIT: Duration = Duration::from_secs(10);
@@ -231,7 +233,7 @@ async fn create(
         state.ips = net.ips;
         state.network_attached = true;
     }
-    store::write_json_atomic(&super::state_file(&dir), &state)?;
+    store::write_json_atomic(&state_file(&dir), &state)?;
 
     let mounts = c
         .snapshots()
@@ -315,7 +317,7 @@ async fn create(
     let pid = task::start(c, id).await?;
     state.pid = pid;
     state.ready = true;
-    store::write_json_atomic(&super::state_file(&dir), &state)?;
+    store::write_json_atomic(&state_file(&dir), &state)?;
 
     let sb = Arc::new(Sandbox::new(
         id.to_string(),
@@ -488,7 +490,7 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
             }
         };
         let dir = rt.sandbox_dir(&id);
-        let mut state: SandboxState = store::read_json(&super::state_file(&dir))
+        let mut state: SandboxState = store::read_json(&state_file(&dir))
             .unwrap_or_else(|e| {
                 tracing::warn!(sandbox = %id, error = %e, "unreadable sandbox state");
                 None
@@ -532,8 +534,7 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
                 continue;
             }
             let dir = e.path();
-            let st: Option<SandboxState> =
-                store::read_json(&super::state_file(&dir)).ok().flatten();
+            let st: Option<SandboxState> = store::read_json(&state_file(&dir)).ok().flatten();
             if let Some(st) = st {
                 if let Some(p) = &st.netns_path {
                     let req = network_request(&id, &cri::PodSandboxConfig::default(), p.clone());

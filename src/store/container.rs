@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::files::write_json_atomic;
+use super::index::{labels_match, Index, Indexed};
 use crate::cri;
 use crate::error::Result;
-use crate::store;
 
 /// Fixed at create, stored in containerd with the container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -85,7 +86,7 @@ pub struct Container {
     pub op: tokio::sync::Mutex<()>,
     /// The log writer while the container's stdio is attached (shared so ReopenContainerLog
     /// can use it without holding the lock across an await).
-    pub log: Mutex<Option<Arc<crate::container::logs::LogHandle>>>,
+    pub log: Mutex<Option<Arc<crate::stdio::log::LogHandle>>>,
     /// Notified whenever the state changes (exit observers wait on it).
     pub changed: tokio::sync::Notify,
 }
@@ -121,7 +122,7 @@ impl Container {
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = g.clone();
         f(&mut next);
-        store::write_json_atomic(&self.state_path, &next)?;
+        write_json_atomic(&self.state_path, &next)?;
         *g = next.clone();
         drop(g);
         self.changed.notify_waiters();
@@ -265,7 +266,7 @@ pub fn state_file(state_dir: &Path, id: &str) -> PathBuf {
     state_dir.join("containers").join(format!("{id}.json"))
 }
 
-impl store::Indexed for Container {
+impl Indexed for Container {
     const KIND: &'static str = "container";
     fn id(&self) -> &str {
         &self.id
@@ -274,10 +275,10 @@ impl store::Indexed for Container {
 
 /// The in-memory index of workload containers.
 #[derive(Default)]
-pub struct Containers(store::Index<Container>);
+pub struct Containers(Index<Container>);
 
 impl std::ops::Deref for Containers {
-    type Target = store::Index<Container>;
+    type Target = Index<Container>;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -303,7 +304,7 @@ impl Containers {
                         && (f.pod_sandbox_id.is_empty()
                             || c.pod_sandbox_id.starts_with(&f.pod_sandbox_id))
                         && f.state.as_ref().map(|s| s.state == c.state).unwrap_or(true)
-                        && store::labels_match(&c.labels, &f.label_selector)
+                        && labels_match(&c.labels, &f.label_selector)
                 }
             })
             .collect();

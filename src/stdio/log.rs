@@ -37,7 +37,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::io::ContainerIo;
+use super::fifo::ContainerIo;
 use crate::error::{Error, Result};
 
 /// containerd's default `max_container_log_line_size`.

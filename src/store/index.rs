@@ -1,79 +1,10 @@
-//! Pieces of peapod's own state shared by sandboxes and containers: name reservations,
-//! atomic status files, id-prefix lookup and label selectors.
+//! The in-memory indexes List and Status RPCs are served from: id and unique-prefix
+//! lookup, and CRI label selectors.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-
-use serde::{de::DeserializeOwned, Serialize};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
-
-/// Names (`name_namespace_uid_attempt`) in use, each mapped to the id holding it.
-#[derive(Default, Clone)]
-pub struct Names {
-    inner: Arc<Mutex<HashMap<String, String>>>,
-}
-
-impl Names {
-    /// Reserves `name` for `id`. The reservation is released when the guard drops
-    /// unless `keep()` was called, so a failed or cancelled create never leaks a name.
-    pub fn reserve(&self, name: &str, id: &str, what: &str) -> Result<Reservation> {
-        let mut m = self.lock();
-        if let Some(owner) = m.get(name) {
-            return Err(Error::AlreadyExists(format!(
-                "{what} name {name:?} is reserved for {owner}"
-            )));
-        }
-        m.insert(name.to_string(), id.to_string());
-        Ok(Reservation {
-            names: self.clone(),
-            name: name.to_string(),
-            id: id.to_string(),
-            kept: false,
-        })
-    }
-
-    /// Records a name that is already in use (recovery at start).
-    pub fn restore(&self, name: &str, id: &str) {
-        self.lock().insert(name.to_string(), id.to_string());
-    }
-
-    /// Frees `name` if `id` still holds it.
-    pub fn release(&self, name: &str, id: &str) {
-        let mut m = self.lock();
-        if m.get(name).map(|o| o == id).unwrap_or(false) {
-            m.remove(name);
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        // A poisoned map still holds valid names; recovering beats failing every later create.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-pub struct Reservation {
-    names: Names,
-    name: String,
-    id: String,
-    kept: bool,
-}
-
-impl Reservation {
-    pub fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.names.release(&self.name, &self.id);
-        }
-    }
-}
 
 /// Something an [`Index`] holds, keyed by its id.
 pub trait Indexed {
@@ -146,39 +77,6 @@ impl<T: Indexed> Index<T> {
     }
 }
 
-/// Writes `value` as JSON to `path` via a temporary file and rename, so a crash leaves
-/// either the old file or the new one, never a torn one.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::internal(format!("encode {}: {e}", path.display())))?;
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::internal(format!("{} has no parent", path.display())))?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-/// Reads a JSON state file; a missing file is `None`, a corrupt one an error naming it.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| Error::internal(format!("state file {}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::internal(format!("read {}: {e}", path.display()))),
-    }
-}
-
 /// Finds the one id that starts with `prefix`.
 pub fn resolve_prefix<'a>(
     ids: impl Iterator<Item = &'a String>,
@@ -217,23 +115,6 @@ pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reservation_released_on_drop_and_kept_on_keep() {
-        let n = Names::default();
-        {
-            let _r = n.reserve("a", "1", "sandbox").unwrap();
-            assert!(n.reserve("a", "2", "sandbox").is_err());
-        }
-        let r = n.reserve("a", "2", "sandbox").unwrap();
-        r.keep();
-        let e = n.reserve("a", "3", "sandbox").err().unwrap();
-        assert!(matches!(e, Error::AlreadyExists(_)));
-        n.release("a", "3");
-        assert!(n.reserve("a", "3", "sandbox").is_err());
-        n.release("a", "2");
-        assert!(n.reserve("a", "3", "sandbox").is_ok());
-    }
 
     #[test]
     fn prefix_lookup() {
@@ -279,17 +160,6 @@ mod tests {
         // The non-idempotent lookup keeps telling the two apart.
         assert!(idx.get("ff").unwrap_err().is_not_found());
         assert!(matches!(idx.get("../x"), Err(Error::InvalidArgument(_))));
-    }
-
-    #[test]
-    fn atomic_json_roundtrip() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("x/state.json");
-        write_json_atomic(&p, &vec![1, 2, 3]).unwrap();
-        let v: Option<Vec<i32>> = read_json(&p).unwrap();
-        assert_eq!(v, Some(vec![1, 2, 3]));
-        let none: Option<Vec<i32>> = read_json(&d.path().join("nope")).unwrap();
-        assert!(none.is_none());
     }
 
     #[test]
