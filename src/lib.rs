@@ -11,6 +11,7 @@ pub mod id;
 pub mod image;
 pub mod keys;
 pub mod network;
+pub mod pod;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

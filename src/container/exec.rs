@@ -77,7 +77,8 @@ pub fn exec_process(spec: &Value, cmd: &[String]) -> Result<Value> {
     Ok(process)
 }
 
-fn fifo_dir(rt: &Runtime) -> std::path::PathBuf {
+/// Where exec processes' FIFOs live (swept at start: no exec outlives its peapod).
+pub fn fifo_dir(rt: &Runtime) -> std::path::PathBuf {
     rt.config.state_dir.join("exec")
 }
 

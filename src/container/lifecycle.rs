@@ -1,5 +1,6 @@
-//! CreateContainer, StartContainer, StopContainer, RemoveContainer and ReopenContainerLog,
-//! and the pod-level hooks StopPodSandbox / RemovePodSandbox call.
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer and ReopenContainerLog of
+//! one container. What involves the pod (its sandbox's other containers, the image a
+//! container is made from) is in [`crate::pod`].
 //!
 //! Concurrency: `Container::op` serialises start, the signalling part of stop, and remove of
 //! one container. Waiting for an exit never holds it: the exit monitor (`monitor`) is the one
@@ -19,16 +20,14 @@ use prost::Message;
 use super::monitor::{self, emit};
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
+use crate::image::ImageInfo;
 use crate::keys::{extension, label, lease_id, type_url};
 use crate::runtime::Runtime;
 use crate::signal::{cri_signal_number, parse_signal};
-use crate::spec::{self, SandboxInfo};
+use crate::spec::{self, HostInfo, SandboxInfo};
 use crate::stdio::{log as logs, ContainerIo};
-use crate::store::container::reserved_name;
 use crate::store::{Container, ContainerMeta, ContainerState, ContainerUserIds, Phase, Sandbox};
-use crate::{id, task};
-
-pub use super::recover::recover;
+use crate::task;
 
 /// How long a SIGKILLed container may take to be reported exited before the call fails.
 const KILL_LIMIT: Duration = Duration::from_secs(30);
@@ -51,7 +50,7 @@ pub fn validate(config: &cri::ContainerConfig) -> Result<()> {
 }
 
 /// The sandbox a container is created in: known and READY.
-fn ready_sandbox(rt: &Runtime, sandbox_id: &str) -> Result<Arc<Sandbox>> {
+pub fn ready_sandbox(rt: &Runtime, sandbox_id: &str) -> Result<Arc<Sandbox>> {
     let sb = rt.sandboxes.get(sandbox_id)?;
     if !sb.is_ready() {
         return Err(Error::FailedPrecondition(format!(
@@ -71,45 +70,39 @@ struct Made {
     state_file: Option<PathBuf>,
 }
 
+/// Makes the container `id` in sandbox `sb` from `image`, and emits its CREATED event: on
+/// failure, everything made so far is undone before the error is returned.
 pub async fn create(
-    rt: Arc<Runtime>,
-    sandbox_id: String,
-    config: cri::ContainerConfig,
-) -> Result<String> {
-    validate(&config)?;
-    if sandbox_id.is_empty() {
-        return Err(Error::invalid("pod_sandbox_id must not be empty"));
-    }
-    let sb = ready_sandbox(&rt, &sandbox_id)?;
-    let name = reserved_name(&config.metadata.clone().unwrap_or_default(), &sb.metadata());
-    let id = id::generate();
-    let reservation = rt.names.reserve(&name, &id, "container")?;
-    // Creation runs as its own task holding the reservation: a request cancelled by
-    // kubelet's timeout neither stops it halfway nor frees the name while it runs.
-    let h = tokio::spawn(async move {
-        let mut made = Made::default();
-        match create_in(&rt, &sb, &id, &name, config, &mut made).await {
-            Ok(c) => {
-                reservation.keep();
-                emit(&rt, &c, cri::ContainerEventType::ContainerCreatedEvent);
-                Ok(id)
-            }
-            Err(e) => {
-                tracing::warn!(container = %id, error = %e, "CreateContainer failed; undoing");
-                undo(&rt, &id, made).await;
-                Err(e)
-            }
-        }
-    });
-    h.await
-        .map_err(|e| Error::internal(format!("CreateContainer task failed: {e}")))?
-}
-
-async fn create_in(
     rt: &Arc<Runtime>,
+    host: &HostInfo,
     sb: &Sandbox,
     id: &str,
     name: &str,
+    image: &ImageInfo,
+    config: cri::ContainerConfig,
+) -> Result<()> {
+    let mut made = Made::default();
+    match create_in(rt, host, sb, id, name, image, config, &mut made).await {
+        Ok(c) => {
+            emit(rt, &c, cri::ContainerEventType::ContainerCreatedEvent);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(container = %id, error = %e, "CreateContainer failed; undoing");
+            undo(rt, id, made).await;
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_in(
+    rt: &Arc<Runtime>,
+    host: &HostInfo,
+    sb: &Sandbox,
+    id: &str,
+    name: &str,
+    image: &ImageInfo,
     config: cri::ContainerConfig,
     made: &mut Made,
 ) -> Result<Arc<Container>> {
@@ -119,11 +112,6 @@ async fn create_in(
         .as_ref()
         .map(|i| i.image.clone())
         .unwrap_or_default();
-    let image = rt.images.find(&image_name).await?.ok_or_else(|| {
-        Error::not_found(format!(
-            "image {image_name:?} is not present; pull it first"
-        ))
-    })?;
     let image_stop_signal = image
         .config
         .config()
@@ -177,7 +165,7 @@ async fn create_in(
     made.snapshot = true;
 
     // The user database of the image, from the container's own (still empty) snapshot.
-    let tmp = rootfs_views_dir(rt);
+    let tmp = super::rootfs::views_dir(rt);
     let view_id = id.to_string();
     let users =
         tokio::task::spawn_blocking(move || super::rootfs::read_user_db(&mounts, &tmp, &view_id))
@@ -194,7 +182,7 @@ async fn create_in(
         users: &users,
         sandbox: &sandbox,
         target_pid,
-        host: &rt.host,
+        host,
     })?;
     // The identity the first process starts with, for ContainerStatus.user (kubelet shows
     // it in the pod status when supplemental groups policy is supported, as peapod says).
@@ -274,11 +262,6 @@ async fn create_in(
     rt.containers.insert(ctr.clone());
     tracing::info!(container = %id, name, sandbox = %sb.id, "container created");
     Ok(ctr)
-}
-
-/// Where image rootfs views are mounted while CreateContainer reads the image's users.
-pub(super) fn rootfs_views_dir(rt: &Runtime) -> PathBuf {
-    rt.config.state_dir.join("rootfs-views")
 }
 
 /// The image reference kubelet shows: a repo digest when the image was pulled by name,
@@ -503,7 +486,7 @@ pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
 }
 
 /// SIGKILL and wait for the exit monitor to record the exit.
-async fn kill(rt: &Runtime, c: &Container) -> Result<()> {
+pub async fn kill(rt: &Runtime, c: &Container) -> Result<()> {
     if c.state().phase != Phase::Running {
         return Ok(());
     }
@@ -572,27 +555,6 @@ pub async fn reopen_log(rt: &Runtime, id: &str) -> Result<()> {
             c.id
         ))),
     }
-}
-
-/// StopPodSandbox: kubelet has stopped the containers gracefully already, so what still
-/// runs is killed at once.
-pub async fn stop_pod_containers(rt: &Runtime, sandbox_id: &str) -> Result<()> {
-    let all = rt.containers.in_sandbox(sandbox_id);
-    let results = futures::future::join_all(all.iter().map(|c| async move {
-        // Taking the op lock lets a StartContainer already under way finish first, so its
-        // container is killed too rather than left running in a stopped pod.
-        let _g = c.op.lock().await;
-        kill(rt, c).await
-    }))
-    .await;
-    results.into_iter().collect()
-}
-
-pub async fn remove_pod_containers(rt: &Runtime, sandbox_id: &str) -> Result<()> {
-    for c in rt.containers.in_sandbox(sandbox_id) {
-        remove(rt, &c.id).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,9 +1,8 @@
 //! Workload containers: the lifecycle RPCs (`lifecycle`), exit monitoring and events
 //! (`monitor`), containerd's OOM events (`oom`), recovery after a restart (`recover`), reading
-//! the image's users (`rootfs`), ExecSync (`exec`), resource updates (`update`), stats
-//! (`stats`, over [`crate::cgroup`]), the event stream (`events`) and the OCI spec containerd
-//! keeps (`stored_spec`). Their records are in [`crate::store`], their stdio in
-//! [`crate::stdio`].
+//! the image's users (`rootfs`), ExecSync (`exec`), resource updates (`update`), the event
+//! stream (`events`) and the OCI spec containerd keeps (`stored_spec`). Their records are in
+//! [`crate::store`], their stdio in [`crate::stdio`].
 
 pub mod events;
 pub mod exec;
@@ -12,6 +11,5 @@ pub mod monitor;
 pub mod oom;
 pub mod recover;
 pub mod rootfs;
-pub mod stats;
 pub mod stored_spec;
 pub mod update;

@@ -76,7 +76,7 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
         tracing::info!(container = %id, phase = ?c.state().phase, "recovered container");
     }
     // Views a crashed CreateContainer left mounted.
-    super::rootfs::clean_views(&super::lifecycle::rootfs_views_dir(rt));
+    super::rootfs::clean_views(&super::rootfs::views_dir(rt));
     // State files without a containerd container: a create that crashed before making it.
     if let Ok(rd) = std::fs::read_dir(rt.config.state_dir.join("containers")) {
         for e in rd.flatten() {

@@ -13,6 +13,7 @@ use crate::error::{ctrd, Error, Result};
 use crate::keys::type_url;
 use crate::runtime::Runtime;
 use crate::spec::resources::enforceable_resources;
+use crate::spec::HostInfo;
 use crate::store::Phase;
 
 /// Sections of OCI `LinuxResources` that are merged field by field: a field the request
@@ -23,6 +24,7 @@ const MERGED: &[&str] = &[
 
 pub async fn update_resources(
     rt: &Runtime,
+    host: &HostInfo,
     req: cri::UpdateContainerResourcesRequest,
 ) -> Result<()> {
     let c = rt.containers.get(&req.container_id)?;
@@ -43,8 +45,8 @@ pub async fn update_resources(
     validate(&linux)?;
     let requested = enforceable_resources(
         Some(&linux),
-        rt.host.cgroup,
-        &rt.host.limits,
+        host.cgroup,
+        &host.limits,
         Vec::new(),
         &format!("container {}", c.id),
     )?;

@@ -1,4 +1,6 @@
-//! RunPodSandbox, StopPodSandbox, RemovePodSandbox and recovery after a peapod restart.
+//! Making, stopping and removing one pod sandbox (its pause container, network namespace, CNI
+//! attachment and files), and rebuilding the sandbox index after a peapod restart. The
+//! pod-level RPCs around these (a sandbox's containers, its image) are in [`crate::pod`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,10 +14,12 @@ use prost::Message;
 
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
+use crate::image::ImageInfo;
 use crate::keys::{extension, label, lease_id, type_url};
-use crate::network::{netns, PodNetworkRequest, PortMapping};
+use crate::network::{netns, Network, PodNetworkRequest, PortMapping};
 use crate::runtime::Runtime;
 use crate::sandbox::{files, spec};
+use crate::spec::HostInfo;
 use crate::store::sandbox::{reserved_name, state_file};
 use crate::store::{Sandbox, SandboxState};
 use crate::{id, store, task};
@@ -150,46 +154,44 @@ struct Made {
     task: bool,
 }
 
-pub async fn run(
-    rt: Arc<Runtime>,
-    config: cri::PodSandboxConfig,
-    handler: String,
-) -> Result<String> {
-    validate(&config, &handler)?;
-    let meta = config.metadata.clone().unwrap_or_default();
-    let name = reserved_name(&meta);
-    let id = id::generate();
-    let reservation = rt.names.reserve(&name, &id, "pod sandbox")?;
-    // Creation runs as its own task, holding the reservation: a request cancelled by kubelet's
-    // timeout must neither stop it halfway nor free the name while it still runs.
-    let h = tokio::spawn(async move {
-        let mut made = Made::default();
-        match create(&rt, &id, &name, config, handler, &mut made).await {
-            Ok(()) => {
-                reservation.keep();
-                Ok(id)
-            }
-            Err(e) => {
-                tracing::warn!(sandbox = %id, error = %e, "RunPodSandbox failed; undoing");
-                undo(&rt, &id, made).await;
-                Err(e)
-            }
-        }
-    });
-    h.await
-        .map_err(|e| Error::internal(format!("RunPodSandbox task failed: {e}")))?
-}
-
-async fn create(
+/// Makes the sandbox `id` from `image`: on failure, everything made so far is undone before
+/// the error is returned.
+#[allow(clippy::too_many_arguments)]
+pub async fn create(
     rt: &Arc<Runtime>,
+    network: &Network,
+    host: &HostInfo,
     id: &str,
     name: &str,
+    image: &ImageInfo,
+    config: cri::PodSandboxConfig,
+    handler: String,
+) -> Result<()> {
+    let mut made = Made::default();
+    let res = create_in(
+        rt, network, host, id, name, image, config, handler, &mut made,
+    )
+    .await;
+    if let Err(e) = &res {
+        tracing::warn!(sandbox = %id, error = %e, "RunPodSandbox failed; undoing");
+        undo(rt, network, id, made).await;
+    }
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_in(
+    rt: &Arc<Runtime>,
+    network: &Network,
+    host: &HostInfo,
+    id: &str,
+    name: &str,
+    image: &ImageInfo,
     config: cri::PodSandboxConfig,
     handler: String,
     made: &mut Made,
 ) -> Result<()> {
     let c = &rt.ctrd;
-    let image = sandbox_image(rt).await?;
     let ns = crate::spec::sandbox::namespace_options(&config);
     let host_net = ns.network == cri::NamespaceMode::Node as i32;
     let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
@@ -224,12 +226,12 @@ async fn create(
         ..Default::default()
     };
     if !host_net {
-        let path = rt.network.create_netns(&format!("peapod-{}", &id[..16]))?;
+        let path = network.create_netns(&format!("peapod-{}", &id[..16]))?;
         made.netns = Some(path.clone());
         state.netns_path = Some(path.clone());
         let req = network_request(id, &config, path);
         made.network = Some(req.clone());
-        let net = rt.network.setup(&req).await?;
+        let net = network.setup(&req).await?;
         state.ips = net.ips;
         state.network_attached = true;
     }
@@ -261,14 +263,14 @@ async fn create(
         image: &image.config,
         hostname: &hostname,
         netns: state.netns_path.as_deref(),
-        cgroups_path: rt.host.cgroup_driver.sandbox_cgroups_path(
+        cgroups_path: host.cgroup_driver.sandbox_cgroups_path(
             config
                 .linux
                 .as_ref()
                 .map_or("", |l| l.cgroup_parent.as_str()),
             id,
         ),
-        min_oom_score_adj: rt.host.own_oom_score_adj,
+        min_oom_score_adj: host.own_oom_score_adj,
     })?;
     let spec_bytes =
         serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encode spec: {e}")))?;
@@ -333,30 +335,8 @@ async fn create(
     Ok(())
 }
 
-/// The configured sandbox image, pulled first if absent, as containerd's CRI plugin does.
-async fn sandbox_image(rt: &Arc<Runtime>) -> Result<crate::image::ImageInfo> {
-    let name = &rt.config.sandbox_image;
-    if let Some(i) = rt.images.find(name).await? {
-        return Ok(i);
-    }
-    tracing::info!(image = %name, "sandbox image absent; pulling it");
-    if let Err(e) = rt.puller.pull(name, None).await {
-        let status: tonic::Status = e.into();
-        return Err(Error::NotFound(format!(
-            "sandbox image {name} is not present in containerd namespace {} and pulling it failed: {}; \
-             pull or import it",
-            rt.ctrd.namespace(),
-            status.message()
-        )));
-    }
-    rt.images
-        .find(name)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("sandbox image {name} vanished after its pull")))
-}
-
 /// Undoes a failed RunPodSandbox, logging (not returning) failures so every step is tried.
-async fn undo(rt: &Runtime, id: &str, made: Made) {
+async fn undo(rt: &Runtime, network: &Network, id: &str, made: Made) {
     let c = &rt.ctrd;
     if made.task {
         if let Err(e) = task::kill_and_delete(c, id, STOP_KILL_LIMIT).await {
@@ -374,7 +354,7 @@ async fn undo(rt: &Runtime, id: &str, made: Made) {
         }
     }
     if let Some(req) = made.network {
-        if let Err(e) = rt.network.teardown(&req).await {
+        if let Err(e) = network.teardown(&req).await {
             tracing::warn!(sandbox = id, error = %e, "undo: CNI teardown");
         }
     }
@@ -406,16 +386,9 @@ pub fn watch_pause(rt: Arc<Runtime>, sb: Arc<Sandbox>) {
     });
 }
 
-pub async fn stop(rt: &Runtime, id: &str) -> Result<()> {
-    let Some(sb) = rt.sandboxes.find(id)? else {
-        return Ok(());
-    };
-    let _g = sb.op.lock().await;
-    stop_locked(rt, &sb).await
-}
-
-async fn stop_locked(rt: &Runtime, sb: &Sandbox) -> Result<()> {
-    rt.stop_pod_containers(&sb.id).await?;
+/// Stops the sandbox: its pause task, its CNI attachment and network namespace, its shm.
+/// The caller holds `sb.op` and has stopped the pod's containers. Idempotent.
+pub async fn stop(rt: &Runtime, network: &Network, sb: &Sandbox) -> Result<()> {
     task::kill_and_delete(&rt.ctrd, &sb.id, STOP_KILL_LIMIT).await?;
     sb.update(|s| s.ready = false)?;
     let st = sb.state();
@@ -425,7 +398,7 @@ async fn stop_locked(rt: &Runtime, sb: &Sandbox) -> Result<()> {
             &sb.config,
             st.netns_path.clone().unwrap_or_default(),
         );
-        rt.network.teardown(&req).await?;
+        network.teardown(&req).await?;
         sb.update(|s| s.network_attached = false)?;
     }
     if let Some(p) = st.netns_path {
@@ -437,13 +410,9 @@ async fn stop_locked(rt: &Runtime, sb: &Sandbox) -> Result<()> {
     Ok(())
 }
 
-pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
-    let Some(sb) = rt.sandboxes.find(id)? else {
-        return Ok(());
-    };
-    let _g = sb.op.lock().await;
-    stop_locked(rt, &sb).await?;
-    rt.remove_pod_containers(&sb.id).await?;
+/// Removes a stopped sandbox: its task, container, snapshot, lease, files, index entry and
+/// name. The caller holds `sb.op` and has removed the pod's containers. Idempotent.
+pub async fn remove(rt: &Runtime, sb: &Sandbox) -> Result<()> {
     task::delete(&rt.ctrd, &sb.id).await?;
     rt.ctrd.delete_container(&sb.id).await?;
     rt.ctrd
@@ -459,7 +428,7 @@ pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
 
 /// Rebuilds the sandbox index from containerd and the state directory, reconciles each
 /// with its pause task, and cleans up what a crash mid-creation left behind.
-pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
+pub async fn recover(rt: &Arc<Runtime>, network: &Network) -> Result<()> {
     let list = rt
         .ctrd
         .containers()
@@ -538,7 +507,7 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
             if let Some(st) = st {
                 if let Some(p) = &st.netns_path {
                     let req = network_request(&id, &cri::PodSandboxConfig::default(), p.clone());
-                    if let Err(e) = rt.network.teardown(&req).await {
+                    if let Err(e) = network.teardown(&req).await {
                         tracing::warn!(sandbox = %id, error = %e, "orphan CNI teardown");
                     }
                     let _ = netns::remove(p);
