@@ -25,9 +25,10 @@ done
 #   docker-registry                  a local OCI registry for the PullImage tests
 #   ca-certificates curl             registry TLS; fetching rustup if cargo is missing
 #   build-essential pkg-config       the C toolchain and linker Rust needs
+#   xz-utils                         unpacks kubelet and crictl from ../shared/bin for the tests
 packages=(containerd runc containernetworking-plugins busybox-static protobuf-compiler
     iptables iproute2 docker-registry util-linux ca-certificates curl build-essential
-    pkg-config)
+    pkg-config xz-utils)
 
 missing=()
 for p in "${packages[@]}"; do

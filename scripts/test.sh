@@ -12,10 +12,10 @@ bash scripts/setup.sh --no-build
 add_cargo_to_path
 
 log=$(mktemp /tmp/peapod-test.XXXXXX.log)
-say "cargo test --all-targets -- --test-threads=2 $* (output also in $log)"
+say "cargo test --no-fail-fast --all-targets -- --test-threads=2 $* (output also in $log)"
 start=$(date +%s)
 set +e
-cargo test --all-targets -- --test-threads=2 "$@" 2>&1 | tee "$log"
+cargo test --no-fail-fast --all-targets -- --test-threads=2 "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 

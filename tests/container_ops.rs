@@ -246,13 +246,23 @@ async fn stats_report_cpu_memory_and_writable_layer() {
     assert_eq!(second.attributes.as_ref().unwrap().id, busy);
     assert!(cpu_total(&first) > 0, "{first:?}");
     assert!(cpu_total(&second) > cpu_total(&first));
-    let cores = second
-        .cpu
-        .as_ref()
-        .and_then(|c| c.usage_nano_cores.as_ref())
-        .map_or(0, |v| v.value);
-    // A busy loop uses most of a core.
-    assert!(cores > 300_000_000, "usage_nano_cores {cores}");
+    let nano_cores = |s: &ContainerStats| {
+        s.cpu
+            .as_ref()
+            .and_then(|c| c.usage_nano_cores.as_ref())
+            .map_or(0, |v| v.value)
+    };
+    let cores = nano_cores(&second);
+    container_stats(&mut rt, &idle).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_cores = nano_cores(&container_stats(&mut rt, &idle).await);
+    // The busy loop's rate stands far above the sleeper's. How much of a core it gets
+    // depends on what else the machine runs, so no absolute share is asserted beyond a
+    // floor a loaded 2-core machine still gives it.
+    assert!(
+        cores > 50_000_000 && cores > 10 * idle_cores,
+        "usage_nano_cores busy {cores}, idle {idle_cores}"
+    );
     let ws = second
         .memory
         .as_ref()

@@ -141,9 +141,14 @@ impl runtime_service_server::RuntimeService for Peapod {
         let req = req.into_inner();
         require_id(&req.container_id, "container_id")?;
         let c = self.rt().containers.get(&req.container_id)?;
+        let info = if req.verbose {
+            container::inspect::verbose_info(self.rt(), &c).await
+        } else {
+            Default::default()
+        };
         Ok(Response::new(ContainerStatusResponse {
             status: Some(c.status()),
-            info: Default::default(),
+            info,
         }))
     }
 

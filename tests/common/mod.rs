@@ -4,7 +4,9 @@
 //! mounts, bridge, cgroups) is torn down on drop, even when the test failed.
 #![allow(dead_code)]
 
+pub mod bins;
 pub mod cri;
+pub mod kubelet;
 pub mod oci;
 
 use std::path::{Path, PathBuf};
