@@ -13,15 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime as CtrRuntime;
-use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest};
-use containerd_client::services::v1::{Container as CtrContainer, CreateContainerRequest};
+use containerd_client::services::v1::snapshots::MountsRequest;
 use prost::Message;
 
 use super::monitor::{self, emit};
+use crate::containerd::NewContainer;
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
 use crate::image::ImageInfo;
-use crate::keys::{extension, label, lease_id, type_url};
+use crate::keys::{extension, label};
 use crate::runtime::Runtime;
 use crate::signal::{cri_signal_number, parse_signal};
 use crate::spec::{self, HostInfo, SandboxInfo};
@@ -144,24 +144,10 @@ async fn create_in(
 
     c.create_lease(id).await?;
     made.lease = true;
+    let what = format!("container {id}");
     let mounts = c
-        .snapshots()
-        .prepare(c.req_leased(
-            PrepareSnapshotRequest {
-                snapshotter: rt.config.snapshotter.clone(),
-                key: id.to_string(),
-                parent: image.chain_id.clone(),
-                labels: HashMap::new(),
-            },
-            &lease_id(id),
-        ))
-        .await
-        .map_err(ctrd(format!(
-            "prepare snapshot for container {id} from {}",
-            image.chain_id
-        )))?
-        .into_inner()
-        .mounts;
+        .prepare_snapshot(&rt.config.snapshotter, id, &image.chain_id, &what)
+        .await?;
     made.snapshot = true;
 
     // The user database of the image, from the container's own (still empty) snapshot.
@@ -220,33 +206,20 @@ async fn create_in(
             },
         ),
     ]);
-    c.containers()
-        .create(c.req_leased(
-            CreateContainerRequest {
-                container: Some(CtrContainer {
-                    id: id.to_string(),
-                    labels,
-                    image: image.name.clone(),
-                    runtime: Some(CtrRuntime {
-                        name: rt.config.runtime.clone(),
-                        options: None,
-                    }),
-                    spec: Some(prost_types::Any {
-                        type_url: type_url::SPEC.to_string(),
-                        value: spec_bytes,
-                    }),
-                    snapshotter: rt.config.snapshotter.clone(),
-                    snapshot_key: id.to_string(),
-                    created_at: Some(task::ns_to_ts(meta.created_at)),
-                    updated_at: None,
-                    extensions,
-                    sandbox: String::new(),
-                }),
-            },
-            &lease_id(id),
-        ))
-        .await
-        .map_err(ctrd(format!("create container {id}")))?;
+    let record = NewContainer {
+        id,
+        image: &image.name,
+        runtime: CtrRuntime {
+            name: rt.config.runtime.clone(),
+            options: None,
+        },
+        snapshotter: &rt.config.snapshotter,
+        labels,
+        extensions,
+        spec: spec_bytes,
+        created_at: task::ns_to_ts(meta.created_at),
+    };
+    c.create_container(record, &what).await?;
     made.container = true;
 
     let ctr = Arc::new(Container::new(
@@ -513,11 +486,7 @@ pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
     }
     kill(rt, &c).await?;
     task::delete(&rt.ctrd, &c.id).await?;
-    rt.ctrd.delete_container(&c.id).await?;
-    rt.ctrd
-        .remove_snapshot(&rt.config.snapshotter, &c.id)
-        .await?;
-    rt.ctrd.delete_lease(&c.id).await?;
+    rt.ctrd.delete_object(&rt.config.snapshotter, &c.id).await?;
     if let Some(log) = c.log.lock().unwrap_or_else(|p| p.into_inner()).take() {
         log.force_close();
     }

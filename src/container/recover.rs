@@ -5,12 +5,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use containerd_client::services::v1::ListContainersRequest;
 use prost::Message;
 
 use super::monitor;
 use crate::cri;
-use crate::error::{ctrd, Result};
+use crate::error::Result;
 use crate::keys::{extension, label};
 use crate::runtime::Runtime;
 use crate::stdio::{log as logs, ContainerIo};
@@ -19,20 +18,7 @@ use crate::store::{Container, ContainerMeta, ContainerState, Phase};
 use crate::{id, store, task};
 
 pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
-    let list = rt
-        .ctrd
-        .containers()
-        .list(rt.ctrd.req(ListContainersRequest {
-            filters: vec![format!(
-                "labels.\"{}\"=={}",
-                label::KIND,
-                label::KIND_CONTAINER
-            )],
-        }))
-        .await
-        .map_err(ctrd("list workload containers"))?
-        .into_inner()
-        .containers;
+    let list = rt.ctrd.list_containers(label::KIND_CONTAINER).await?;
     let mut known = HashSet::new();
     for ctr in list {
         let id = ctr.id.clone();

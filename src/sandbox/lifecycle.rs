@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime as CtrRuntime;
-use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
-use containerd_client::services::v1::{Container, CreateContainerRequest, ListContainersRequest};
 use prost::Message;
 
+use crate::containerd::NewContainer;
 use crate::cri;
-use crate::error::{ctrd, Error, Result};
+use crate::error::{Error, Result};
 use crate::image::ImageInfo;
-use crate::keys::{extension, label, lease_id, type_url};
+use crate::keys::{extension, label};
 use crate::network::{netns, Network, PodNetworkRequest, PortMapping};
 use crate::runtime::Runtime;
 use crate::sandbox::{files, spec};
@@ -237,24 +236,10 @@ async fn create_in(
     }
     store::write_json_atomic(&state_file(&dir), &state)?;
 
+    let what = format!("sandbox {id}");
     let mounts = c
-        .snapshots()
-        .prepare(c.req_leased(
-            PrepareSnapshotRequest {
-                snapshotter: rt.config.snapshotter.clone(),
-                key: id.to_string(),
-                parent: image.chain_id.clone(),
-                labels: HashMap::new(),
-            },
-            &lease_id(id),
-        ))
-        .await
-        .map_err(ctrd(format!(
-            "prepare snapshot for sandbox {id} from {}",
-            image.chain_id
-        )))?
-        .into_inner()
-        .mounts;
+        .prepare_snapshot(&rt.config.snapshotter, id, &image.chain_id, &what)
+        .await?;
     made.snapshot = true;
 
     let spec = crate::spec::sandbox_spec(&crate::spec::SandboxSpecInput {
@@ -285,33 +270,20 @@ async fn create_in(
             value: config.encode_to_vec(),
         },
     );
-    c.containers()
-        .create(c.req_leased(
-            CreateContainerRequest {
-                container: Some(Container {
-                    id: id.to_string(),
-                    labels,
-                    image: image.name.clone(),
-                    runtime: Some(CtrRuntime {
-                        name: rt.config.runtime.clone(),
-                        options: None,
-                    }),
-                    spec: Some(prost_types::Any {
-                        type_url: type_url::SPEC.to_string(),
-                        value: spec_bytes,
-                    }),
-                    snapshotter: rt.config.snapshotter.clone(),
-                    snapshot_key: id.to_string(),
-                    created_at: Some(task::ns_to_ts(created_at)),
-                    updated_at: None,
-                    extensions,
-                    sandbox: String::new(),
-                }),
-            },
-            &lease_id(id),
-        ))
-        .await
-        .map_err(ctrd(format!("create container for sandbox {id}")))?;
+    let record = NewContainer {
+        id,
+        image: &image.name,
+        runtime: CtrRuntime {
+            name: rt.config.runtime.clone(),
+            options: None,
+        },
+        snapshotter: &rt.config.snapshotter,
+        labels,
+        extensions,
+        spec: spec_bytes,
+        created_at: task::ns_to_ts(created_at),
+    };
+    c.create_container(record, &what).await?;
     made.container = true;
 
     task::create(c, id, mounts, task::NO_IO).await?;
@@ -414,11 +386,9 @@ pub async fn stop(rt: &Runtime, network: &Network, sb: &Sandbox) -> Result<()> {
 /// name. The caller holds `sb.op` and has removed the pod's containers. Idempotent.
 pub async fn remove(rt: &Runtime, sb: &Sandbox) -> Result<()> {
     task::delete(&rt.ctrd, &sb.id).await?;
-    rt.ctrd.delete_container(&sb.id).await?;
     rt.ctrd
-        .remove_snapshot(&rt.config.snapshotter, &sb.id)
+        .delete_object(&rt.config.snapshotter, &sb.id)
         .await?;
-    rt.ctrd.delete_lease(&sb.id).await?;
     files::remove(&sb.dir)?;
     rt.sandboxes.remove(&sb.id);
     rt.names.release(&sb.name, &sb.id);
@@ -429,20 +399,7 @@ pub async fn remove(rt: &Runtime, sb: &Sandbox) -> Result<()> {
 /// Rebuilds the sandbox index from containerd and the state directory, reconciles each
 /// with its pause task, and cleans up what a crash mid-creation left behind.
 pub async fn recover(rt: &Arc<Runtime>, network: &Network) -> Result<()> {
-    let list = rt
-        .ctrd
-        .containers()
-        .list(rt.ctrd.req(ListContainersRequest {
-            filters: vec![format!(
-                "labels.\"{}\"=={}",
-                label::KIND,
-                label::KIND_SANDBOX
-            )],
-        }))
-        .await
-        .map_err(ctrd("list sandbox containers"))?
-        .into_inner()
-        .containers;
+    let list = rt.ctrd.list_containers(label::KIND_SANDBOX).await?;
     let mut known = std::collections::HashSet::new();
     for ctr in list {
         let id = ctr.id.clone();

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
-    Linux, LinuxDeviceCgroupBuilder, LinuxNamespace, LinuxNamespaceType, LinuxResources, Process,
-    Root, Spec, User,
+    LinuxDeviceCgroupBuilder, LinuxNamespace, LinuxNamespaceType, LinuxResources, Spec,
 };
 
-use super::{mounts, security};
+use super::{base, mounts, security};
 use crate::cri;
 use crate::error::{oci_err, Error, Result};
 use crate::keys::annotation as ann;
@@ -133,32 +132,15 @@ pub fn sandbox_spec(input: &SandboxSpecInput<'_>) -> Result<Spec> {
     // The pause process gets the default capabilities whatever the pod asks for, as in
     // containerd: it only sleeps.
     let caps = security::capabilities(None, false, &security::HostSecurity::default())?;
-    let mut process = Process::default();
+    let mut process = base::process();
     process
-        .set_terminal(Some(false))
-        .set_console_size(None)
-        .set_user(
-            User::default()
-                .set_uid(uid)
-                .set_gid(gid)
-                .set_additional_gids(Some(groups))
-                .set_umask(None)
-                .set_username(None)
-                .clone(),
-        )
+        .set_user(base::user(uid, gid, groups))
         .set_args(Some(args))
-        .set_command_line(None)
         .set_env(Some(env))
         .set_cwd(PathBuf::from(cwd))
         .set_capabilities(Some(caps))
-        .set_rlimits(None)
         .set_no_new_privileges(Some(true))
-        .set_apparmor_profile(None)
-        .set_oom_score_adj(Some(SANDBOX_OOM_SCORE_ADJ.max(input.min_oom_score_adj)))
-        .set_selinux_label(None)
-        .set_io_priority(None)
-        .set_scheduler(None)
-        .set_exec_cpu_affinity(None);
+        .set_oom_score_adj(Some(SANDBOX_OOM_SCORE_ADJ.max(input.min_oom_score_adj)));
 
     let deny_all = LinuxDeviceCgroupBuilder::default()
         .allow(false)
@@ -168,44 +150,24 @@ pub fn sandbox_spec(input: &SandboxSpecInput<'_>) -> Result<Spec> {
     let mut resources = LinuxResources::default();
     resources.set_devices(Some(vec![deny_all]));
 
-    let mut linux = Linux::default();
+    let mut linux = base::linux();
     linux
-        .set_net_devices(None)
-        .set_uid_mappings(None)
-        .set_gid_mappings(None)
         .set_sysctl(Some(sysctl))
         .set_resources(Some(resources))
         .set_cgroups_path(Some(PathBuf::from(&input.cgroups_path)))
         .set_namespaces(Some(namespaces))
-        .set_devices(None)
-        .set_seccomp(None)
-        .set_rootfs_propagation(None)
         .set_masked_paths((!privileged).then(|| security::masked_paths(None, false)))
-        .set_readonly_paths((!privileged).then(|| security::readonly_paths(None, false)))
-        .set_mount_label(None)
-        .set_intel_rdt(None)
-        .set_memory_policy(None)
-        .set_personality(None)
-        .set_time_offsets(None);
+        .set_readonly_paths((!privileged).then(|| security::readonly_paths(None, false)));
 
-    let mut root = Root::default();
-    root.set_path(PathBuf::from("rootfs"))
-        .set_readonly(Some(true));
-
-    let mut spec = Spec::default();
-    spec.set_version(oci_spec::runtime::VERSION.to_string())
-        .set_root(Some(root))
-        .set_mounts(Some(mounts::sandbox_mounts(privileged)?))
-        .set_process(Some(process))
-        .set_hostname(Some(if host_net {
-            String::new()
-        } else {
-            input.hostname.to_string()
-        }))
-        .set_domainname(None)
-        .set_hooks(None)
-        .set_annotations(Some(annotations))
-        .set_linux(Some(linux));
+    let hostname = if host_net { "" } else { input.hostname };
+    let spec = base::spec(
+        true,
+        mounts::sandbox_mounts(privileged)?,
+        process,
+        Some(hostname.to_string()),
+        annotations,
+        linux,
+    );
     Ok(spec)
 }
 
