@@ -21,6 +21,7 @@ use containerd_client::types::{Envelope, Mount};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::config::Config;
 use crate::error::{ctrd, Error, Result};
 use crate::keys::{label, lease_id, type_url};
 
@@ -222,13 +223,10 @@ fn absent_ok<T>(
 }
 
 /// A pause or workload container's record in containerd, as peapod creates it.
-pub struct NewContainer<'a> {
+pub struct ContainerRecord<'a> {
     pub id: &'a str,
     /// The image it is made from, by name.
     pub image: &'a str,
-    /// The containerd runtime (shim) and its options.
-    pub runtime: CtrRuntime,
-    pub snapshotter: &'a str,
     pub labels: HashMap<String, String>,
     pub extensions: HashMap<String, prost_types::Any>,
     /// The OCI runtime spec, as JSON.
@@ -266,18 +264,27 @@ impl Containerd {
             .mounts)
     }
 
-    /// Creates the container record, held by the object's lease. `what` names it in errors.
-    pub async fn create_container(&self, new: NewContainer<'_>, what: &str) -> Result<()> {
+    /// Creates the container record, held by the object's lease, on the runtime (shim) and
+    /// snapshotter of peapod's configuration. `what` names it in errors.
+    pub async fn create_container(
+        &self,
+        config: &Config,
+        new: ContainerRecord<'_>,
+        what: &str,
+    ) -> Result<()> {
         let container = CtrContainer {
             id: new.id.to_string(),
             labels: new.labels,
             image: new.image.to_string(),
-            runtime: Some(new.runtime),
+            runtime: Some(CtrRuntime {
+                name: config.runtime.clone(),
+                options: None,
+            }),
             spec: Some(prost_types::Any {
                 type_url: type_url::SPEC.to_string(),
                 value: new.spec,
             }),
-            snapshotter: new.snapshotter.to_string(),
+            snapshotter: config.snapshotter.clone(),
             snapshot_key: new.id.to_string(),
             created_at: Some(new.created_at),
             updated_at: None,

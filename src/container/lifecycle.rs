@@ -12,12 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_client::services::v1::container::Runtime as CtrRuntime;
 use containerd_client::services::v1::snapshots::MountsRequest;
 use prost::Message;
 
 use super::monitor::{self, emit};
-use crate::containerd::NewContainer;
+use crate::containerd::ContainerRecord;
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
 use crate::image::ImageInfo;
@@ -70,19 +69,21 @@ struct Made {
     state_file: Option<PathBuf>,
 }
 
-/// Makes the container `id` in sandbox `sb` from `image`, and emits its CREATED event: on
-/// failure, everything made so far is undone before the error is returned.
-pub async fn create(
-    rt: &Arc<Runtime>,
-    host: &HostInfo,
-    sb: &Sandbox,
-    id: &str,
-    name: &str,
-    image: &ImageInfo,
-    config: cri::ContainerConfig,
-) -> Result<()> {
+/// A container to make: its id, reserved name, sandbox (READY), image and config.
+pub struct NewContainer<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub sandbox: &'a Sandbox,
+    pub image: &'a ImageInfo,
+    pub config: cri::ContainerConfig,
+}
+
+/// Makes the container and emits its CREATED event: on failure, everything made so far is
+/// undone before the error is returned.
+pub async fn create(rt: &Arc<Runtime>, host: &HostInfo, new: NewContainer<'_>) -> Result<()> {
+    let id = new.id;
     let mut made = Made::default();
-    match create_in(rt, host, sb, id, name, image, config, &mut made).await {
+    match create_in(rt, host, new, &mut made).await {
         Ok(c) => {
             emit(rt, &c, cri::ContainerEventType::ContainerCreatedEvent);
             Ok(())
@@ -95,17 +96,19 @@ pub async fn create(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn create_in(
     rt: &Arc<Runtime>,
     host: &HostInfo,
-    sb: &Sandbox,
-    id: &str,
-    name: &str,
-    image: &ImageInfo,
-    config: cri::ContainerConfig,
+    new: NewContainer<'_>,
     made: &mut Made,
 ) -> Result<Arc<Container>> {
+    let NewContainer {
+        id,
+        name,
+        sandbox: sb,
+        image,
+        config,
+    } = new;
     let c = &rt.ctrd;
     let image_name = config
         .image
@@ -206,20 +209,15 @@ async fn create_in(
             },
         ),
     ]);
-    let record = NewContainer {
+    let record = ContainerRecord {
         id,
         image: &image.name,
-        runtime: CtrRuntime {
-            name: rt.config.runtime.clone(),
-            options: None,
-        },
-        snapshotter: &rt.config.snapshotter,
         labels,
         extensions,
         spec: spec_bytes,
         created_at: task::ns_to_ts(meta.created_at),
     };
-    c.create_container(record, &what).await?;
+    c.create_container(&rt.config, record, &what).await?;
     made.container = true;
 
     let ctr = Arc::new(Container::new(
@@ -366,15 +364,13 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
                 if let Some(log) = c.log.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     log.force_close();
                 }
-                monitor::remove_fifos(&rt, &c.id);
-                let msg = e.to_string();
-                c.update(|s| {
-                    s.phase = Phase::Exited;
-                    s.exit_code = monitor::START_ERROR_EXIT_CODE;
-                    s.finished_at = task::now_ns();
-                    s.reason = "StartError".to_string();
-                    s.message = msg;
-                })?;
+                monitor::record_lost_exit(
+                    &rt,
+                    &c,
+                    monitor::START_ERROR_EXIT_CODE,
+                    "StartError",
+                    e.to_string(),
+                )?;
                 emit(&rt, &c, cri::ContainerEventType::ContainerStoppedEvent);
                 Err(e)
             }

@@ -103,6 +103,27 @@ pub async fn record_exit(rt: &Runtime, c: &Container, exit: task::Exit) {
     }
 }
 
+/// Records that the container ended without a real exit to report (its start failed, or it
+/// vanished while peapod was down): EXITED now with `code`, `reason` and `message`, its stdio
+/// FIFOs removed.
+pub fn record_lost_exit(
+    rt: &Runtime,
+    c: &Container,
+    code: i32,
+    reason: &str,
+    message: String,
+) -> crate::error::Result<()> {
+    remove_fifos(rt, &c.id);
+    c.update(|s| {
+        s.phase = Phase::Exited;
+        s.exit_code = code;
+        s.finished_at = task::now_ns();
+        s.reason = reason.to_string();
+        s.message = message;
+    })
+    .map(|_| ())
+}
+
 /// Waits until an OOM event marks the container, at most `limit`.
 async fn wait_for_oom_event(c: &Container, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;

@@ -90,14 +90,13 @@ async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
         task::State::Created { .. } => {
             // peapod died between task create and start: the start is not trusted.
             task::kill_and_delete(&rt.ctrd, &c.id, std::time::Duration::from_secs(10)).await?;
-            monitor::remove_fifos(rt, &c.id);
-            c.update(|s| {
-                s.phase = Phase::Exited;
-                s.exit_code = monitor::START_ERROR_EXIT_CODE;
-                s.finished_at = task::now_ns();
-                s.reason = "StartError".into();
-                s.message = "peapod restarted while the container was starting".into();
-            })?;
+            monitor::record_lost_exit(
+                rt,
+                c,
+                monitor::START_ERROR_EXIT_CODE,
+                "StartError",
+                "peapod restarted while the container was starting".into(),
+            )?;
         }
         task::State::Running { .. } | task::State::Other(_) => {
             let pid = match task_state {
@@ -131,14 +130,13 @@ async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
         }
         task::State::Absent => {
             if phase == Phase::Running {
-                monitor::remove_fifos(rt, &c.id);
-                c.update(|s| {
-                    s.phase = Phase::Exited;
-                    s.exit_code = monitor::UNKNOWN_EXIT_CODE;
-                    s.finished_at = task::now_ns();
-                    s.reason = "Unknown".into();
-                    s.message = "container exited while peapod was down".into();
-                })?;
+                monitor::record_lost_exit(
+                    rt,
+                    c,
+                    monitor::UNKNOWN_EXIT_CODE,
+                    "Unknown",
+                    "container exited while peapod was down".into(),
+                )?;
             } else {
                 c.update(|_| {})?;
             }

@@ -35,17 +35,14 @@ pub async fn run_sandbox(
                 return Err(e);
             }
         };
-        sandbox::lifecycle::create(
-            &node.rt,
-            &node.network,
-            &node.host,
-            &id,
-            &name,
-            &image,
+        let new = sandbox::lifecycle::NewSandbox {
+            id: &id,
+            name: &name,
+            image: &image,
             config,
             handler,
-        )
-        .await?;
+        };
+        sandbox::lifecycle::create(&node.rt, &node.network, &node.host, new).await?;
         reservation.keep();
         Ok(id)
     });
@@ -102,7 +99,14 @@ pub async fn create_container(
                 return Err(e);
             }
         };
-        container::lifecycle::create(&node.rt, &node.host, &sb, &id, &name, &image, config).await?;
+        let new = container::lifecycle::NewContainer {
+            id: &id,
+            name: &name,
+            sandbox: &sb,
+            image: &image,
+            config,
+        };
+        container::lifecycle::create(&node.rt, &node.host, new).await?;
         reservation.keep();
         Ok(id)
     });

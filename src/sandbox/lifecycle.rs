@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_client::services::v1::container::Runtime as CtrRuntime;
 use prost::Message;
 
-use crate::containerd::NewContainer;
+use crate::containerd::ContainerRecord;
 use crate::cri;
 use crate::error::{Error, Result};
 use crate::image::ImageInfo;
@@ -153,24 +152,26 @@ struct Made {
     task: bool,
 }
 
-/// Makes the sandbox `id` from `image`: on failure, everything made so far is undone before
-/// the error is returned.
-#[allow(clippy::too_many_arguments)]
+/// A sandbox to make: its id, reserved name, image, config and runtime handler.
+pub struct NewSandbox<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub image: &'a ImageInfo,
+    pub config: cri::PodSandboxConfig,
+    pub handler: String,
+}
+
+/// Makes the sandbox: on failure, everything made so far is undone before the error is
+/// returned.
 pub async fn create(
     rt: &Arc<Runtime>,
     network: &Network,
     host: &HostInfo,
-    id: &str,
-    name: &str,
-    image: &ImageInfo,
-    config: cri::PodSandboxConfig,
-    handler: String,
+    new: NewSandbox<'_>,
 ) -> Result<()> {
+    let id = new.id;
     let mut made = Made::default();
-    let res = create_in(
-        rt, network, host, id, name, image, config, handler, &mut made,
-    )
-    .await;
+    let res = create_in(rt, network, host, new, &mut made).await;
     if let Err(e) = &res {
         tracing::warn!(sandbox = %id, error = %e, "RunPodSandbox failed; undoing");
         undo(rt, network, id, made).await;
@@ -178,18 +179,20 @@ pub async fn create(
     res
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn create_in(
     rt: &Arc<Runtime>,
     network: &Network,
     host: &HostInfo,
-    id: &str,
-    name: &str,
-    image: &ImageInfo,
-    config: cri::PodSandboxConfig,
-    handler: String,
+    new: NewSandbox<'_>,
     made: &mut Made,
 ) -> Result<()> {
+    let NewSandbox {
+        id,
+        name,
+        image,
+        config,
+        handler,
+    } = new;
     let c = &rt.ctrd;
     let ns = crate::spec::sandbox::namespace_options(&config);
     let host_net = ns.network == cri::NamespaceMode::Node as i32;
@@ -270,20 +273,15 @@ async fn create_in(
             value: config.encode_to_vec(),
         },
     );
-    let record = NewContainer {
+    let record = ContainerRecord {
         id,
         image: &image.name,
-        runtime: CtrRuntime {
-            name: rt.config.runtime.clone(),
-            options: None,
-        },
-        snapshotter: &rt.config.snapshotter,
         labels,
         extensions,
         spec: spec_bytes,
         created_at: task::ns_to_ts(created_at),
     };
-    c.create_container(record, &what).await?;
+    c.create_container(&rt.config, record, &what).await?;
     made.container = true;
 
     task::create(c, id, mounts, task::NO_IO).await?;

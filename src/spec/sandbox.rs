@@ -207,16 +207,16 @@ mod tests {
             ..Default::default()
         };
         let img = image(&["/pause"]);
-        let s = pause_spec(&SandboxSpecInput {
+        let input = |config| SandboxSpecInput {
             id: "abc",
-            config: &cfg,
+            config,
             image: &img,
             hostname: "h",
             netns: Some(Path::new("/var/run/netns/x")),
             cgroups_path: Driver::Cgroupfs.sandbox_cgroups_path("/kubepods/pod1", "abc"),
             min_oom_score_adj: -500,
-        })
-        .unwrap();
+        };
+        let s = pause_spec(&input(&cfg)).unwrap();
         assert_eq!(s["process"]["oomScoreAdj"], -500);
         let eff = s["process"]["capabilities"]["effective"]
             .as_array()
@@ -252,16 +252,7 @@ mod tests {
                 privileged: true,
                 ..Default::default()
             });
-        let s = pause_spec(&SandboxSpecInput {
-            id: "abc",
-            config: &privileged,
-            image: &img,
-            hostname: "h",
-            netns: Some(Path::new("/var/run/netns/x")),
-            cgroups_path: Driver::Cgroupfs.sandbox_cgroups_path("/kubepods/pod1", "abc"),
-            min_oom_score_adj: -500,
-        })
-        .unwrap();
+        let s = pause_spec(&input(&privileged)).unwrap();
         assert!(sys(&s).as_array().unwrap().contains(&json!("rw")));
         assert!(s["linux"]["maskedPaths"].is_null());
     }
