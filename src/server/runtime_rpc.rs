@@ -25,9 +25,9 @@ fn require_id(id: &str, field: &str) -> Result<(), Error> {
 impl runtime_service_server::RuntimeService for Peapod {
     async fn version(
         &self,
-        req: Request<VersionRequest>,
+        _req: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
-        Ok(Response::new(self.version_impl(req.into_inner()).await?))
+        Ok(Response::new(self.node.version()))
     }
 
     async fn run_pod_sandbox(
@@ -247,16 +247,23 @@ impl runtime_service_server::RuntimeService for Peapod {
         &self,
         req: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        Ok(Response::new(
-            self.update_runtime_config_impl(req.into_inner()).await?,
-        ))
+        let cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        self.node.network.set_pod_cidr(&cidr)?;
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
     async fn status(
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(self.status_impl(req.into_inner()).await?))
+        Ok(Response::new(
+            self.node.status(req.into_inner().verbose).await,
+        ))
     }
 
     async fn checkpoint_container(
@@ -294,40 +301,8 @@ impl runtime_service_server::RuntimeService for Peapod {
 
     async fn runtime_config(
         &self,
-        req: Request<RuntimeConfigRequest>,
+        _req: Request<RuntimeConfigRequest>,
     ) -> Result<Response<RuntimeConfigResponse>, Status> {
-        Ok(Response::new(
-            self.runtime_config_impl(req.into_inner()).await?,
-        ))
-    }
-}
-
-impl Peapod {
-    async fn version_impl(&self, _req: VersionRequest) -> Result<VersionResponse, Error> {
-        Ok(self.node.version())
-    }
-
-    async fn status_impl(&self, req: StatusRequest) -> Result<StatusResponse, Error> {
-        Ok(self.node.status(req.verbose).await)
-    }
-
-    async fn runtime_config_impl(
-        &self,
-        _req: RuntimeConfigRequest,
-    ) -> Result<RuntimeConfigResponse, Error> {
-        Ok(self.node.runtime_config())
-    }
-
-    async fn update_runtime_config_impl(
-        &self,
-        req: UpdateRuntimeConfigRequest,
-    ) -> Result<UpdateRuntimeConfigResponse, Error> {
-        let cidr = req
-            .runtime_config
-            .and_then(|c| c.network_config)
-            .map(|n| n.pod_cidr)
-            .unwrap_or_default();
-        self.node.network.set_pod_cidr(&cidr)?;
-        Ok(UpdateRuntimeConfigResponse {})
+        Ok(Response::new(self.node.runtime_config()))
     }
 }
