@@ -47,6 +47,9 @@ pub struct Config {
     pub registry_credentials_file: Option<PathBuf>,
     /// A pull that transfers no bytes for this many seconds fails.
     pub image_pull_progress_timeout_secs: u64,
+    /// A CNI plugin call (ADD, DEL) that takes longer is killed and fails, so a hung plugin
+    /// cannot hold RunPodSandbox or StopPodSandbox forever.
+    pub cni_plugin_timeout_secs: u64,
     /// Address of the streaming server for Exec/Attach/PortForward.
     pub stream_address: String,
     /// Port of the streaming server (0 picks a free one).
@@ -79,6 +82,7 @@ impl Default for Config {
             registry_config_dir: "/etc/containerd/certs.d".into(),
             registry_credentials_file: None,
             image_pull_progress_timeout_secs: 300,
+            cni_plugin_timeout_secs: 60,
             stream_address: "127.0.0.1".into(),
             stream_port: 0,
             log_level: "info".into(),
@@ -140,6 +144,9 @@ pub struct Cli {
     /// Seconds without pull progress before a pull fails. [default: 300]
     #[arg(long)]
     pub image_pull_progress_timeout_secs: Option<u64>,
+    /// Seconds a CNI plugin call may take before it is killed and fails. [default: 60]
+    #[arg(long)]
+    pub cni_plugin_timeout_secs: Option<u64>,
     /// Streaming server address for Exec/Attach/PortForward. [default: 127.0.0.1]
     #[arg(long)]
     pub stream_address: Option<String>,
@@ -183,6 +190,7 @@ impl Config {
             disable_hugetlb_controller,
             registry_config_dir,
             image_pull_progress_timeout_secs,
+            cni_plugin_timeout_secs,
             stream_address,
             stream_port,
             log_level,
@@ -230,6 +238,10 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    pub fn cni_plugin_timeout(&self) -> Duration {
+        Duration::from_secs(self.cni_plugin_timeout_secs.max(1))
     }
 
     pub fn pull_progress_timeout(&self) -> Duration {

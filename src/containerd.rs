@@ -86,7 +86,9 @@ impl Containerd {
     }
 
     pub fn containers(&self) -> ContainersClient<Channel> {
-        ContainersClient::new(self.channel.clone())
+        // containerd echoes a created container (spec and CRI config included) back; it
+        // takes requests up to 16 MiB by default, so its answers must be readable too.
+        ContainersClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
     pub fn tasks(&self) -> TasksClient<Channel> {
         TasksClient::new(self.channel.clone())
@@ -154,6 +156,34 @@ impl Containerd {
             }))
             .await;
         absent_ok(r, || format!("delete lease of {object_id}"))
+    }
+
+    /// The ids of the leases in peapod's namespace.
+    pub async fn lease_ids(&self) -> Result<Vec<String>> {
+        use containerd_client::services::v1::ListRequest;
+        Ok(self
+            .leases()
+            .list(self.req(ListRequest { filters: vec![] }))
+            .await
+            .map_err(ctrd("list leases"))?
+            .into_inner()
+            .leases
+            .into_iter()
+            .map(|l| l.id)
+            .collect())
+    }
+
+    /// Deletes a lease by its own id; an absent one is fine.
+    pub async fn delete_lease_id(&self, lease: &str) -> Result<()> {
+        use containerd_client::services::v1::DeleteRequest;
+        let r = self
+            .leases()
+            .delete(self.req(DeleteRequest {
+                id: lease.to_string(),
+                sync: false,
+            }))
+            .await;
+        absent_ok(r, || format!("delete lease {lease}"))
     }
 
     /// Deletes a containerd container record; an absent one is fine.
@@ -278,7 +308,7 @@ impl Containerd {
             image: new.image.to_string(),
             runtime: Some(CtrRuntime {
                 name: config.runtime.clone(),
-                options: None,
+                options: config.cgroup_driver.runc_options(&config.runtime),
             }),
             spec: Some(prost_types::Any {
                 type_url: type_url::SPEC.to_string(),

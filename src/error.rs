@@ -76,9 +76,26 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// The longest status message sent: messages quote request fields, which may be huge, and
+/// the message travels as an HTTP/2 header (`grpc-message`); clients refuse header lists past
+/// 16 KiB by default and drop the whole connection when they see one.
+pub const MAX_STATUS_MESSAGE: usize = 4096;
+
+fn bounded(mut msg: String) -> String {
+    if msg.len() > MAX_STATUS_MESSAGE {
+        let mut cut = MAX_STATUS_MESSAGE;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push_str("... (truncated)");
+    }
+    msg
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        let msg = e.to_string();
+        let msg = bounded(e.to_string());
         match e {
             Error::InvalidArgument(_) => Status::invalid_argument(msg),
             Error::NotFound(_) => Status::not_found(msg),
@@ -133,5 +150,16 @@ mod tests {
         let s: Status = Error::Unimplemented("Attach").into();
         assert_eq!(s.code(), Code::Unimplemented);
         assert!(s.message().contains("Attach"));
+    }
+
+    #[test]
+    fn huge_messages_are_bounded_on_a_char_boundary() {
+        let e = Error::invalid(format!("bad name {:?}", "é".repeat(40_000)));
+        let s: Status = e.into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().len() <= MAX_STATUS_MESSAGE + 20);
+        assert!(s.message().ends_with("(truncated)"));
+        let short: Status = Error::invalid("short").into();
+        assert_eq!(short.message(), "short");
     }
 }

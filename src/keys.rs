@@ -38,6 +38,8 @@ pub mod type_url {
     /// `UpdateTaskRequest.resources`.
     pub const LINUX_RESOURCES: &str =
         "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+    /// `Container.runtime.options` of the runc shim (`containerd.runc.v1.Options`).
+    pub const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
 }
 
 /// OCI annotations containerd's CRI plugin puts on every spec; the runc shim groups a pod's
@@ -96,14 +98,37 @@ pub mod gc {
     }
 }
 
+/// The prefix of every lease peapod makes.
+const LEASE_PREFIX: &str = "peapod-";
+/// The prefix of a pull's lease (and ingest references), after [`LEASE_PREFIX`].
+const PULL: &str = "pull-";
+
 /// The lease that holds a sandbox's or container's snapshot and records while they exist.
 pub fn lease_id(object_id: &str) -> String {
-    format!("peapod-{object_id}")
+    format!("{LEASE_PREFIX}{object_id}")
 }
 
 /// The lease (and ingest reference) of one pull, named after what it holds.
 pub fn pull_lease_id(unique: &str) -> String {
-    format!("peapod-pull-{unique}")
+    format!("{LEASE_PREFIX}{PULL}{unique}")
+}
+
+/// What one of peapod's leases holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LeaseOwner<'a> {
+    /// A pull's content.
+    Pull,
+    /// The sandbox or container with this id.
+    Object(&'a str),
+}
+
+/// Whose lease `lease` is; None for a lease peapod did not make.
+pub fn lease_owner(lease: &str) -> Option<LeaseOwner<'_>> {
+    let rest = lease.strip_prefix(LEASE_PREFIX)?;
+    if rest.starts_with(PULL) {
+        return Some(LeaseOwner::Pull);
+    }
+    (rest.len() == 64 && crate::id::is_valid_ref(rest)).then_some(LeaseOwner::Object(rest))
 }
 
 #[cfg(test)]
@@ -116,5 +141,10 @@ mod tests {
         assert_eq!(lease_id("abc"), "peapod-abc");
         assert_eq!(pull_lease_id("sha256:x"), "peapod-pull-sha256:x");
         assert_eq!(gc::ref_layer(1), "containerd.io/gc.ref.content.l.1");
+        let id = "ab".repeat(32);
+        assert_eq!(lease_owner(&lease_id(&id)), Some(LeaseOwner::Object(&id)));
+        assert_eq!(lease_owner(&pull_lease_id("x")), Some(LeaseOwner::Pull));
+        assert_eq!(lease_owner("peapod-short"), None);
+        assert_eq!(lease_owner("other-lease"), None);
     }
 }

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod network;
 pub mod pod;
 pub mod runtime;
+pub mod safe_fs;
 pub mod sandbox;
 pub mod server;
 pub mod signal;

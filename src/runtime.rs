@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::containerd::Containerd;
 use crate::cri;
 use crate::error::{Error, Result};
-use crate::store::{Containers, Names, Sandboxes};
+use crate::store::{Containers, Names, Sandboxes, Unpersisted};
 
 pub struct Runtime {
     pub config: Config,
@@ -24,6 +24,8 @@ pub struct Runtime {
     /// Set once the index has been rebuilt from containerd; until then state-changing and
     /// listing RPCs answer Unavailable rather than act on an empty index.
     recovered: AtomicBool,
+    /// Containers whose latest state could not be written to the state directory.
+    pub unpersisted: Unpersisted,
 }
 
 impl Runtime {
@@ -37,6 +39,7 @@ impl Runtime {
             containers: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             recovered: AtomicBool::new(false),
+            unpersisted: Unpersisted::default(),
         })
     }
 

@@ -395,6 +395,139 @@ async fn credentials_from_request_and_file() {
 }
 
 #[tokio::test]
+async fn credentials_go_only_to_the_host_they_were_given_for() {
+    if !common::require_root() {
+        return;
+    }
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let reg = Registry::start(Some(("alice", "s3cret-registry")));
+    // Two mirrors that demand credentials: the first has none configured, the second has
+    // its own in the credentials file. Neither may see the registry's.
+    let bare = registry::RecordingMirror::start().await;
+    let own = registry::RecordingMirror::start().await;
+    let creds = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        creds.path(),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{}\"}}}}}}",
+            own.addr,
+            b64("mirroruser:s3cret-mirror")
+        ),
+    )
+    .unwrap();
+    let mut rig = Rig::containerd_only();
+    rig.extra_peapod_args = vec![
+        "--registry-credentials-file".into(),
+        creds.path().display().to_string(),
+    ];
+    rig.import_test_images();
+    rig.start_peapod().await;
+    registry::write_hosts_toml(
+        &certs_d(&rig),
+        &reg.addr,
+        &format!(
+            "server = \"http://{}\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\
+             [host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            reg.addr, bare.addr, own.addr
+        ),
+    );
+    let mut c = rig.image_client().await;
+    let img = unique_image(&rig, "mirrorcreds", "");
+    reg.push_image("private/app", "v1", &img, false).await;
+    let name = format!("{}/private/app:v1", reg.addr);
+    let auth = AuthConfig {
+        username: "alice".into(),
+        password: "s3cret-registry".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull(&mut c, &name, Some(auth)).await.unwrap(),
+        img.config_digest
+    );
+    assert!(
+        !bare.requests().is_empty(),
+        "the first mirror was not tried"
+    );
+    assert!(
+        !own.requests().is_empty(),
+        "the second mirror was not tried"
+    );
+    assert_eq!(
+        bare.authorizations(),
+        Vec::<String>::new(),
+        "a mirror without credentials of its own was sent some"
+    );
+    let mirror_own = format!("Basic {}", b64("mirroruser:s3cret-mirror"));
+    let sent = own.authorizations();
+    assert!(
+        !sent.is_empty(),
+        "the mirror's own credentials were not used"
+    );
+    assert!(sent.iter().all(|a| a == &mirror_own), "{sent:?}");
+
+    // An AuthConfig naming the mirror goes to that mirror only; the registry then has none.
+    let for_bare = AuthConfig {
+        username: "bareuser".into(),
+        password: "s3cret-bare".into(),
+        server_address: format!("http://{}", bare.addr),
+        ..Default::default()
+    };
+    let name2 = format!("{}/private/app:v2", reg.addr);
+    reg.push_image("private/app", "v2", &img, false).await;
+    let e = pull(&mut c, &name2, Some(for_bare)).await.unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ),
+        "{e:?}"
+    );
+    let bare_auth = format!("Basic {}", b64("bareuser:s3cret-bare"));
+    assert!(bare.authorizations().contains(&bare_auth));
+    assert!(own.authorizations().iter().all(|a| a == &mirror_own));
+
+    // The log carries none of the secrets, plain or encoded.
+    let log = rig.peapod_log();
+    for secret in [
+        "s3cret-registry".to_string(),
+        "s3cret-mirror".to_string(),
+        "s3cret-bare".to_string(),
+        b64("alice:s3cret-registry"),
+        b64("mirroruser:s3cret-mirror"),
+        b64("bareuser:s3cret-bare"),
+    ] {
+        assert!(!log.contains(&secret), "peapod's log shows a credential");
+    }
+}
+
+#[tokio::test]
+async fn references_with_path_tricks_are_refused() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    // A hosts.toml the tricks would reach: one level above the hosts directory.
+    std::fs::create_dir_all(certs_d(&rig)).unwrap();
+    std::fs::write(
+        rig.dir.path().join("hosts.toml"),
+        "server = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let mut c = rig.image_client().await;
+    for bad in [
+        "../x/y:1",
+        "../../etc/x:1",
+        "..:5000/x:1",
+        "reg.io/../x:1",
+        "./x/y:1",
+    ] {
+        let e = pull(&mut c, bad, None).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
+    }
+}
+
+#[tokio::test]
 async fn concurrent_pulls_download_each_blob_once() {
     if !common::require_root() {
         return;

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "lib",
             "store",
             "stdio",
+            "safe_fs",
             "containerd",
             "config",
             "cgroup",

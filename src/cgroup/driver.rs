@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cri;
 use crate::error::{Error, Result};
+use crate::keys::type_url;
 
 /// The unit prefix of a systemd-driven container: `<slice>:cri-peapod:<id>` becomes the unit
 /// `cri-peapod-<id>.scope` (containerd's CRI uses `cri-containerd`).
@@ -80,6 +81,29 @@ impl Driver {
         })
     }
 
+    /// The runtime options a pod's containers are created with in containerd, which the
+    /// runc shim reads when it creates the task: with the systemd driver runc must be told
+    /// (`SystemdCgroup = true`), else it takes `slice:prefix:name` as a plain directory name
+    /// and places the container outside the pod's slice. Containerd's CRI sets the same
+    /// option from its `SystemdCgroup` runtime setting.
+    /// Other runtimes (`runtime` not a runc shim) get none: the options type is runc's.
+    pub fn runc_options(self, runtime: &str) -> Option<prost_types::Any> {
+        use prost::Message;
+        if !runtime.starts_with("io.containerd.runc.") {
+            return None;
+        }
+        match self {
+            Driver::Cgroupfs => None,
+            Driver::Systemd => Some(prost_types::Any {
+                type_url: type_url::RUNC_OPTIONS.to_string(),
+                value: RuncOptions {
+                    systemd_cgroup: true,
+                }
+                .encode_to_vec(),
+            }),
+        }
+    }
+
     /// The directory (relative to a hierarchy's root) of the pod-level cgroup kubelet made
     /// and named `parent`; None for a pod without one.
     pub fn pod_dir(self, parent: &str) -> Option<String> {
@@ -91,6 +115,15 @@ impl Driver {
             Driver::Cgroupfs => parent.to_string(),
         })
     }
+}
+
+/// The one field of the runc shim options (`containerd.runc.v1.Options`, from containerd's
+/// `api/types/runc/options/oci.proto`, which the containerd-client crate does not compile)
+/// peapod sets; the tag is the proto's, and unset fields keep the shim's defaults.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RuncOptions {
+    #[prost(bool, tag = "9")]
+    pub systemd_cgroup: bool,
 }
 
 /// The slice a systemd parent names: its last path element (kubelet passes the slice's
@@ -164,6 +197,23 @@ pub fn expand_slice(slice: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_systemd_driver_tells_runc_to_use_systemd() {
+        use prost::Message;
+        let runc = "io.containerd.runc.v2";
+        assert_eq!(Driver::Cgroupfs.runc_options(runc), None);
+        assert_eq!(Driver::Systemd.runc_options("io.containerd.kata.v2"), None);
+        let any = Driver::Systemd.runc_options(runc).unwrap();
+        assert_eq!(any.type_url, "containerd.runc.v1.Options");
+        assert!(
+            RuncOptions::decode(any.value.as_slice())
+                .unwrap()
+                .systemd_cgroup
+        );
+        // Field 9, varint, true: what Go's runc Options{SystemdCgroup: true} encodes to.
+        assert_eq!(any.value, vec![0x48, 0x01]);
+    }
 
     #[test]
     fn driver_parses_from_config_words_only() {

@@ -126,9 +126,16 @@ async fn create_in(
             .map_err(|e| Error::invalid(format!("image {image_name}: STOPSIGNAL: {e}")))?;
     }
     cri_signal_number(config.stop_signal)?;
+    // Joined only once both are known to stay put: an absolute log_path would replace the
+    // directory and `..` would climb out of it (the writer also opens the file inside the
+    // directory, so a symlink cannot redirect it either).
+    if !config.log_path.is_empty() {
+        crate::safe_fs::check_relative(&config.log_path, "container config: log_path")?;
+    }
     let log_path = if sb.config.log_directory.is_empty() || config.log_path.is_empty() {
         String::new()
     } else {
+        crate::safe_fs::check_absolute_dir(&sb.config.log_directory, "log_directory")?;
         PathBuf::from(&sb.config.log_directory)
             .join(&config.log_path)
             .display()
@@ -140,6 +147,7 @@ async fn create_in(
         image_id: image.id.clone(),
         image_ref: image_ref(&image.name, &image.manifest_digest, &image.id),
         log_path,
+        log_directory: sb.config.log_directory.clone(),
         created_at: task::now_ns(),
         image_stop_signal,
         user: None,
@@ -217,8 +225,11 @@ async fn create_in(
         spec: spec_bytes,
         created_at: task::ns_to_ts(meta.created_at),
     };
-    c.create_container(&rt.config, record, &what).await?;
+    // Counted as made before the call: a failed answer (a response too large to decode, a
+    // broken connection) does not mean containerd did not create it, and the delete in
+    // the undo is idempotent.
     made.container = true;
+    c.create_container(&rt.config, record, &what).await?;
 
     let ctr = Arc::new(Container::new(
         id.to_string(),
@@ -384,7 +395,7 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
 async fn start_task(rt: &Runtime, c: &Container) -> Result<u32> {
     let tty = c.config.tty;
     let io = ContainerIo::create(&rt.fifo_dir(), &c.id, false, tty)?;
-    let log = logs::spawn_log_writer(&io, PathBuf::from(&c.meta.log_path), tty)?;
+    let log = logs::spawn_log_writer(&io, c.meta.log_target(), tty)?;
     *c.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(log));
     let rootfs = rt
         .ctrd
@@ -415,7 +426,9 @@ async fn start_task(rt: &Runtime, c: &Container) -> Result<u32> {
 
 /// Waits until the container is no longer RUNNING, at most `limit`. True if it exited.
 async fn wait_exited(c: &Container, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
+    // kubelet passes terminationGracePeriodSeconds as is; a limit past what the clock can
+    // represent (near i64::MAX seconds) means "no deadline", not an overflow.
+    let deadline = tokio::time::Instant::now().checked_add(limit);
     loop {
         let notified = c.changed.notified();
         tokio::pin!(notified);
@@ -424,8 +437,13 @@ async fn wait_exited(c: &Container, limit: Duration) -> bool {
         if c.state().phase != Phase::Running {
             return true;
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return c.state().phase != Phase::Running;
+        match deadline {
+            Some(d) => {
+                if tokio::time::timeout_at(d, notified).await.is_err() {
+                    return c.state().phase != Phase::Running;
+                }
+            }
+            None => notified.await,
         }
     }
 }
@@ -443,7 +461,12 @@ pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
         if timeout_s > 0 && !st.stop_signal_sent {
             let sig = c.stop_signal()?;
             // Recorded first: a repeated stop (now or after a restart) must not signal again.
-            c.update(|s| s.stop_signal_sent = true)?;
+            // A failed write must not stop the stop: the exit's record (retried until
+            // written) carries the flag to disk later.
+            if let Err(e) = c.apply(|s| s.stop_signal_sent = true).1 {
+                tracing::warn!(container = %c.id, error = %e, "cannot persist the stop signal");
+                rt.unpersisted.note(&c.id, &e.to_string());
+            }
             tracing::info!(container = %c.id, signal = sig, "sending stop signal");
             task::kill(&rt.ctrd, &c.id, sig, false).await?;
         }
@@ -498,6 +521,7 @@ pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
         }
     }
     rt.containers.remove(&c.id);
+    rt.unpersisted.clear(&c.id);
     rt.names.release(&c.name, &c.id);
     tracing::info!(container = %c.id, "container removed");
     emit(rt, &c, cri::ContainerEventType::ContainerDeletedEvent);

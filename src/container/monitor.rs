@@ -25,6 +25,8 @@ const SIGKILL_EXIT_CODE: i32 = 128 + libc::SIGKILL;
 /// How long an exit by SIGKILL whose cgroup could not be read waits for containerd's OOM
 /// event (the shim publishes it within milliseconds of the kill).
 const OOM_EVENT_GRACE: Duration = Duration::from_secs(1);
+/// The longest wait between retries of a state write that failed.
+const PERSIST_RETRY_MAX: Duration = Duration::from_secs(10);
 /// The CRI reason of a container the kernel OOM-killed.
 pub const OOM_KILLED: &str = "OOMKilled";
 
@@ -59,7 +61,7 @@ pub fn spawn(rt: Arc<Runtime>, c: Arc<Container>) {
 /// deletes the task so the shim frees its resources: until the exit is persisted,
 /// containerd's stopped task is the only record of the real exit status, which recovery
 /// reads if peapod dies in between.
-pub async fn record_exit(rt: &Runtime, c: &Container, exit: task::Exit) {
+pub async fn record_exit(rt: &Arc<Runtime>, c: &Arc<Container>, exit: task::Exit) {
     let code = exit.code as i32;
     let oom_kills = c.state().cgroup.and_then(|cg| cg.oom_kills());
     if oom_kills.is_none() && code == SIGKILL_EXIT_CODE && !c.state().oom_killed {
@@ -74,7 +76,7 @@ pub async fn record_exit(rt: &Runtime, c: &Container, exit: task::Exit) {
     } else {
         exit.at_ns
     };
-    let res = c.update(|s| {
+    let (st, written) = c.apply(|s| {
         // Decided under the state lock: an OOM event recorded meanwhile is not lost.
         s.oom_killed |= oom_kills.is_some_and(|n| n > 0);
         s.phase = Phase::Exited;
@@ -89,15 +91,21 @@ pub async fn record_exit(rt: &Runtime, c: &Container, exit: task::Exit) {
         }
         .to_string();
     });
-    let st = match res {
-        Ok(st) => st,
-        Err(e) => {
-            tracing::error!(container = %c.id, error = %e, "cannot record container exit");
-            return;
-        }
-    };
     tracing::info!(container = %c.id, code, reason = %st.reason, "container exited");
     emit(rt, c, cri::ContainerEventType::ContainerStoppedEvent);
+    match written {
+        Ok(()) => delete_exited_task(rt, c).await,
+        Err(e) => {
+            // The exit stands in memory; containerd's stopped task keeps the real status for
+            // a restarted peapod until the record is on disk, so the task stays until then.
+            tracing::error!(container = %c.id, error = %e, "cannot persist the container's exit; retrying");
+            rt.unpersisted.note(&c.id, &e.to_string());
+            tokio::spawn(persist_exit_later(rt.clone(), c.clone()));
+        }
+    }
+}
+
+async fn delete_exited_task(rt: &Runtime, c: &Container) {
     if let Err(e) = task::delete(&rt.ctrd, &c.id).await {
         tracing::warn!(container = %c.id, error = %e, "delete exited task");
     }
@@ -122,6 +130,29 @@ pub fn record_lost_exit(
         s.message = message;
     })
     .map(|_| ())
+}
+
+/// Retries writing an exit that could not be persisted, with backoff, until it is written
+/// or the container is removed; then deletes the exited task.
+async fn persist_exit_later(rt: Arc<Runtime>, c: Arc<Container>) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(PERSIST_RETRY_MAX);
+        if rt.containers.get(&c.id).is_err() {
+            rt.unpersisted.clear(&c.id);
+            return;
+        }
+        match c.persist() {
+            Ok(()) => {
+                tracing::info!(container = %c.id, "container exit persisted after a failed write");
+                rt.unpersisted.clear(&c.id);
+                delete_exited_task(&rt, &c).await;
+                return;
+            }
+            Err(e) => rt.unpersisted.note(&c.id, &e.to_string()),
+        }
+    }
 }
 
 /// Waits until an OOM event marks the container, at most `limit`.

@@ -149,9 +149,8 @@ async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
 /// exits before the shim sees our reader, the exit monitor cuts the writer off.
 fn reattach_log(rt: &Runtime, c: &Container) {
     let tty = c.config.tty;
-    let attached = ContainerIo::reopen_existing(&rt.fifo_dir(), &c.id, false, tty).and_then(|io| {
-        logs::spawn_log_writer(&io, std::path::PathBuf::from(&c.meta.log_path), tty)
-    });
+    let attached = ContainerIo::reopen_existing(&rt.fifo_dir(), &c.id, false, tty)
+        .and_then(|io| logs::spawn_log_writer(&io, c.meta.log_target(), tty));
     match attached {
         Ok(h) => *c.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(h)),
         Err(e) => {

@@ -77,6 +77,9 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
         // look at two files, so no remount follows.
         flags.remove(MsFlags::MS_RDONLY);
     }
+    // Only two text files are read from the view: nothing in it needs devices, set-id bits
+    // or execution.
+    flags |= MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
     let fstype = (!bind).then_some(m.r#type.as_str());
     let data = (!data.is_empty()).then_some(data.as_str());
     mount(Some(m.source.as_str()), target, fstype, flags, data).map_err(|e| {

@@ -92,11 +92,20 @@ fn from_fields(
     Ok(None)
 }
 
-/// Credentials of a CRI AuthConfig for a request to `host`. An AuthConfig naming a different
-/// `server_address` does not apply (its secrets must not go to another registry).
-pub fn from_auth_config(a: &cri::AuthConfig, registry: &str) -> Result<Option<Credentials>> {
-    if !a.server_address.is_empty() && normalize_host(&a.server_address) != normalize_host(registry)
-    {
+/// Credentials of a CRI AuthConfig for a request to `host`. A credential goes only to the
+/// host it was given for: the AuthConfig's `server_address` when it names one, else the
+/// image's own registry (`host_is_registry`), never one of its mirrors.
+pub fn from_auth_config(
+    a: &cri::AuthConfig,
+    host: &str,
+    host_is_registry: bool,
+) -> Result<Option<Credentials>> {
+    let given_for_host = if a.server_address.is_empty() {
+        host_is_registry
+    } else {
+        normalize_host(&a.server_address) == normalize_host(host)
+    };
+    if !given_for_host {
         return Ok(None);
     }
     from_fields(
@@ -173,7 +182,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            from_auth_config(&a, "r.io").unwrap(),
+            from_auth_config(&a, "r.io", true).unwrap(),
             Some(Credentials::Basic {
                 username: "user".into(),
                 password: "pass".into()
@@ -182,7 +191,7 @@ mod tests {
         a.username = "u2".into();
         a.password = "p2".into();
         assert_eq!(
-            from_auth_config(&a, "r.io").unwrap(),
+            from_auth_config(&a, "r.io", true).unwrap(),
             Some(Credentials::Basic {
                 username: "u2".into(),
                 password: "p2".into()
@@ -190,15 +199,15 @@ mod tests {
         );
         a.registry_token = "tok".into();
         assert_eq!(
-            from_auth_config(&a, "r.io").unwrap(),
+            from_auth_config(&a, "r.io", true).unwrap(),
             Some(Credentials::Bearer("tok".into()))
         );
         a.server_address = "https://other.io".into();
-        assert_eq!(from_auth_config(&a, "r.io").unwrap(), None);
+        assert_eq!(from_auth_config(&a, "r.io", true).unwrap(), None);
         a.server_address = "https://index.docker.io/v1/".into();
-        assert!(from_auth_config(&a, "docker.io").unwrap().is_some());
+        assert!(from_auth_config(&a, "docker.io", true).unwrap().is_some());
         assert_eq!(
-            from_auth_config(&cri::AuthConfig::default(), "r.io").unwrap(),
+            from_auth_config(&cri::AuthConfig::default(), "r.io", true).unwrap(),
             None
         );
     }
@@ -242,5 +251,25 @@ mod tests {
             from_docker_config(&dir.path().join("none.json"), "quay.io").unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn credentials_never_go_to_a_host_they_were_not_given_for() {
+        let a = cri::AuthConfig {
+            username: "u".into(),
+            password: "p".into(),
+            ..Default::default()
+        };
+        // No server_address: the registry only, not a mirror (even one on the same host).
+        assert!(from_auth_config(&a, "r.io", true).unwrap().is_some());
+        assert_eq!(from_auth_config(&a, "mirror.io", false).unwrap(), None);
+        // A server_address naming the mirror: that mirror only.
+        let m = cri::AuthConfig {
+            server_address: "https://mirror.io".into(),
+            ..a.clone()
+        };
+        assert!(from_auth_config(&m, "mirror.io", false).unwrap().is_some());
+        assert_eq!(from_auth_config(&m, "r.io", true).unwrap(), None);
+        assert_eq!(from_auth_config(&m, "other.io", false).unwrap(), None);
     }
 }

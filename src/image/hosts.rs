@@ -35,6 +35,20 @@ pub struct RegistryHost {
     pub client: Vec<(PathBuf, Option<PathBuf>)>,
     /// True for the upstream registry itself, false for a mirror.
     pub is_server: bool,
+    /// Extra request headers (`[host."...".header]`), e.g. a mirror's own Authorization.
+    pub headers: Headers,
+}
+
+/// hosts.toml headers. Their values may be credentials, so Debug shows only the names.
+#[derive(Clone, Default, PartialEq)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| format!("{k}: <redacted>")))
+            .finish()
+    }
 }
 
 impl RegistryHost {
@@ -50,7 +64,6 @@ struct HostFileEntry {
     client: Option<ClientCerts>,
     skip_verify: Option<bool>,
     override_path: Option<bool>,
-    #[allow(dead_code)]
     header: Option<toml::Table>,
 }
 
@@ -103,9 +116,30 @@ fn is_loopback(registry: &str) -> bool {
             .unwrap_or(false)
 }
 
+/// Refuses a registry name that is not one plain path component of the hosts directory: the
+/// reference grammar already excludes these, but this module is the one that joins the name
+/// to a path, so it checks for itself.
+pub fn check_registry(registry: &str) -> Result<()> {
+    let ok = !registry.is_empty()
+        && registry.len() <= 255
+        && registry != "."
+        && registry != ".."
+        && registry
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "registry {registry:?} is not a valid host name (with optional port)"
+        )))
+    }
+}
+
 /// The endpoints for `registry` (as it appears in the reference, e.g. `docker.io`,
 /// `127.0.0.1:5000`), mirrors first, the upstream server last.
 pub fn hosts_for(config_dir: &Path, registry: &str) -> Result<Vec<RegistryHost>> {
+    check_registry(registry)?;
     let mut candidates = vec![config_dir.join(registry).join("hosts.toml")];
     if registry == "docker.io" {
         candidates.push(config_dir.join("registry-1.docker.io").join("hosts.toml"));
@@ -207,7 +241,21 @@ fn host_from(
             .flatten()
             .collect(),
     };
+    let mut headers = Vec::new();
+    for (k, v) in e.header.iter().flatten() {
+        let values = match v {
+            toml::Value::String(s) => vec![s.clone()],
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("host {url:?}: header {k:?} must be strings"))?,
+            _ => return Err(format!("host {url:?}: header {k:?} must be a string")),
+        };
+        headers.extend(values.into_iter().map(|v| (k.clone(), v)));
+    }
     Ok(RegistryHost {
+        headers: Headers(headers),
         scheme,
         host: host.to_string(),
         path,
@@ -331,5 +379,54 @@ ca = "root.pem"
         assert!(hosts_for(dir.path(), "x.io").is_err());
         std::fs::write(d.join("hosts.toml"), "[host.\"ftp://m\"]\n").unwrap();
         assert!(hosts_for(dir.path(), "x.io").is_err());
+    }
+
+    #[test]
+    fn registry_names_cannot_leave_the_hosts_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("certs.d");
+        std::fs::create_dir_all(&inner).unwrap();
+        // A hosts.toml one level up that a `..` registry would read.
+        std::fs::write(
+            dir.path().join("hosts.toml"),
+            "server = \"http://evil.example\"\n",
+        )
+        .unwrap();
+        for bad in ["..", ".", "../x", "a/b", "", "x\0y", "a\\b"] {
+            let e = hosts_for(&inner, bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad:?}: {e}");
+        }
+        for good in [
+            "docker.io",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "my-reg.example_x",
+        ] {
+            assert!(hosts_for(&inner, good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn headers_are_read_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("r.io");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("hosts.toml"),
+            "[host.\"http://m.example\"]\n  [host.\"http://m.example\".header]\n    Authorization = \"Basic c2VjcmV0\"\n    X-Multi = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
+        let h = hosts_for(dir.path(), "r.io").unwrap();
+        assert_eq!(
+            h[0].headers.0,
+            vec![
+                ("Authorization".to_string(), "Basic c2VjcmV0".to_string()),
+                ("X-Multi".to_string(), "a".to_string()),
+                ("X-Multi".to_string(), "b".to_string()),
+            ]
+        );
+        let shown = format!("{:?}", h);
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(h[1].headers.0.is_empty());
     }
 }

@@ -77,7 +77,7 @@ impl<T: Clone + Send + Sync + 'static> Dedup<T> {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             match running.get(key) {
                 Some(f) => {
-                    tracing::info!(key, "joining a pull already in progress");
+                    tracing::info!("joining a pull already in progress");
                     f.clone()
                 }
                 None => {
@@ -157,9 +157,15 @@ impl Puller {
     pub async fn pull(&self, image: &str, auth: Option<&cri::AuthConfig>) -> Result<String> {
         let name = reference::normalize(image)?;
         let parsed = Parsed::new(&name)?;
-        let creds = self.credentials(&parsed.registry, auth)?;
-        // Pulls with different credentials do not share: one must not ride on another's secret.
-        let key = format!("{name}|{:x}", hash_creds(&creds));
+        let creds = PullCredentials {
+            auth: auth.cloned(),
+            file: self.credentials_file.clone(),
+        };
+        // Fail early on a malformed AuthConfig or credentials file.
+        creds.for_registry(&parsed.registry)?;
+        // Pulls with different credentials do not share: one must not ride on another's
+        // secret. The key is never logged.
+        let key = format!("{name}|{:x}", creds.fingerprint());
         let job = PullJob {
             ctrd: self.ctrd.clone(),
             snapshotter: self.snapshotter.clone(),
@@ -172,29 +178,63 @@ impl Puller {
         };
         self.running.run(&key, move || job.run()).await
     }
+}
 
-    fn credentials(
-        &self,
-        registry: &str,
-        auth: Option<&cri::AuthConfig>,
-    ) -> Result<Option<Credentials>> {
-        if let Some(a) = auth {
-            if let Some(c) = auth::from_auth_config(a, registry)? {
+/// Where a pull's credentials come from. Each endpoint gets only what was given for it: the
+/// image's registry the AuthConfig (when it names no other server) or its credentials-file
+/// entry; a mirror only an AuthConfig whose `server_address` names it, its own
+/// credentials-file entry, or the headers its hosts.toml sets. The registry's credential
+/// never reaches a mirror.
+#[derive(Clone)]
+struct PullCredentials {
+    auth: Option<cri::AuthConfig>,
+    file: Option<PathBuf>,
+}
+
+impl PullCredentials {
+    fn lookup(&self, host: &str, is_registry: bool) -> Result<Option<Credentials>> {
+        if let Some(a) = &self.auth {
+            if let Some(c) = auth::from_auth_config(a, host, is_registry)? {
                 return Ok(Some(c));
             }
         }
-        match &self.credentials_file {
-            Some(f) => auth::from_docker_config(f, registry),
+        match &self.file {
+            Some(f) => auth::from_docker_config(f, host),
             None => Ok(None),
         }
     }
-}
 
-fn hash_creds(c: &Option<Credentials>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    c.hash(&mut h);
-    h.finish()
+    fn for_registry(&self, registry: &str) -> Result<Option<Credentials>> {
+        self.lookup(registry, true)
+    }
+
+    /// For one endpoint of `registry`: the upstream server is the registry itself.
+    fn for_host(&self, registry: &str, h: &hosts::RegistryHost) -> Result<Option<Credentials>> {
+        if h.is_server {
+            self.for_registry(registry)
+        } else {
+            self.lookup(&h.host, false)
+        }
+    }
+
+    /// Tells credentials apart for sharing pulls; stays in memory.
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        if let Some(a) = &self.auth {
+            (
+                &a.username,
+                &a.password,
+                &a.auth,
+                &a.server_address,
+                &a.identity_token,
+                &a.registry_token,
+            )
+                .hash(&mut h);
+        }
+        self.file.hash(&mut h);
+        h.finish()
+    }
 }
 
 /// A normalised reference split into its parts.
@@ -208,20 +248,12 @@ struct Parsed {
 
 impl Parsed {
     fn new(name: &str) -> Result<Parsed> {
-        let repo_full = reference::repository(name);
-        let rest = &name[repo_full.len()..];
-        let (tag, digest) = match rest.split_once('@') {
-            Some((t, d)) => (t.strip_prefix(':'), Some(d.to_string())),
-            None => (rest.strip_prefix(':'), None),
-        };
-        let (registry, repository) = repo_full
-            .split_once('/')
-            .ok_or_else(|| Error::invalid(format!("invalid image reference {name:?}")))?;
+        let r = reference::parse(name)?;
         Ok(Parsed {
-            registry: registry.to_string(),
-            repository: repository.to_string(),
-            tag: tag.filter(|t| !t.is_empty()).map(str::to_string),
-            digest,
+            registry: r.registry().to_string(),
+            repository: r.repository().to_string(),
+            tag: r.tag().filter(|t| !t.is_empty()).map(str::to_string),
+            digest: r.digest().map(str::to_string),
         })
     }
 
@@ -276,7 +308,7 @@ struct PullJob {
     blob_locks: Arc<StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     name: String,
     parsed: Parsed,
-    creds: Option<Credentials>,
+    creds: PullCredentials,
 }
 
 /// State of one attempt, for cleanup.
@@ -531,10 +563,11 @@ impl PullJob {
             if !(h.pull && (h.resolve || by_digest)) {
                 continue;
             }
+            let creds = self.creds.for_host(&self.parsed.registry, &h)?;
             let client = match Registry::new(
                 &h,
                 &self.parsed.repository,
-                self.creds.clone(),
+                creds,
                 self.progress_timeout.min(Duration::from_secs(30)),
             ) {
                 Ok(c) => c,

@@ -13,7 +13,9 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE,
+};
 use reqwest::StatusCode;
 
 use crate::error::{Error, Result};
@@ -189,6 +191,8 @@ pub struct Registry {
     creds: Option<Credentials>,
     /// The Authorization header that last worked (or is worth trying first).
     auth: StdMutex<Option<HeaderValue>>,
+    /// The endpoint's hosts.toml headers, sent with every request to it.
+    headers: HeaderMap,
 }
 
 impl Registry {
@@ -199,10 +203,33 @@ impl Registry {
         connect_timeout: Duration,
     ) -> Result<Registry> {
         let http = TlsSettings::for_host(h)?.client(&h.host, connect_timeout)?;
-        // A registry token is sent as is; there is no challenge to answer first.
+        let mut headers = HeaderMap::new();
+        let mut configured_auth = None;
+        for (k, v) in &h.headers.0 {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                Error::invalid(format!(
+                    "hosts.toml header {k:?} of {} is not a header name",
+                    h.host
+                ))
+            })?;
+            // The value is never shown: it may be a credential.
+            let value = HeaderValue::from_str(v).map_err(|_| {
+                Error::invalid(format!(
+                    "hosts.toml header {k:?} of {} has an invalid value",
+                    h.host
+                ))
+            })?;
+            if name == AUTHORIZATION {
+                configured_auth = Some(value);
+            } else {
+                headers.append(name, value);
+            }
+        }
+        // A registry token is sent as is; there is no challenge to answer first. An
+        // Authorization header configured for this endpoint is its own credential.
         let auth = match &creds {
             Some(Credentials::Bearer(t)) => HeaderValue::from_str(&format!("Bearer {t}")).ok(),
-            _ => None,
+            _ => configured_auth,
         };
         Ok(Registry {
             http,
@@ -210,6 +237,7 @@ impl Registry {
             repo: repo.to_string(),
             creds,
             auth: StdMutex::new(auth),
+            headers,
         })
     }
 
@@ -272,7 +300,7 @@ impl Registry {
     ) -> std::result::Result<reqwest::Response, RegistryError> {
         let mut answered_challenge = false;
         loop {
-            let mut req = self.http.get(url);
+            let mut req = self.http.get(url).headers(self.headers.clone());
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }

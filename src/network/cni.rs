@@ -285,8 +285,11 @@ impl Exec {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // On timeout the future is dropped; this is what then stops the plugin.
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // Its own process group, so a timeout also stops what a plugin script started.
+            .process_group(0);
         let mut child = spawn(&mut cmd).map_err(|e| Error::internal(format!("{what}: {e}")))?;
+        let pgid = child.id();
         let mut child_stdin = child.stdin.take();
         let run = async move {
             // Write while reading, so a plugin that prints before reading all of stdin
@@ -303,7 +306,14 @@ impl Exec {
         let out = tokio::time::timeout(self.timeout, run)
             .await
             .map_err(|_| {
-                Error::DeadlineExceeded(format!("{what}: timed out after {:?}", self.timeout))
+                if let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+                    // SAFETY: signalling a process group has no memory-safety preconditions.
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                }
+                Error::DeadlineExceeded(format!(
+                    "{what}: timed out after {:?} (cni_plugin_timeout_secs)",
+                    self.timeout
+                ))
             })?
             .map_err(|e| Error::internal(format!("{what}: {e}")))?;
 

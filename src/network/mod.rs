@@ -83,7 +83,7 @@ impl Network {
             bin_dirs: config.cni_bin_dirs.clone(),
             netns_dir: config.netns_dir.clone(),
             state_dir: config.state_dir.join("cni"),
-            plugin_timeout: cni::PLUGIN_TIMEOUT,
+            plugin_timeout: config.cni_plugin_timeout(),
             pod_cidr: Mutex::new(String::new()),
         }
     }

@@ -87,10 +87,33 @@ impl Node {
                 &format!("Network plugin returns error: cni plugin not initialized: {msg}"),
             )),
         }
+        // Not one of the two conditions kubelet requires, so it does not take the node
+        // down; it tells the operator that recorded state is only in memory.
+        if let Some((n, id, err)) = self.rt.unpersisted.summary() {
+            conditions.push(condition(
+                "StatePersisted",
+                false,
+                "StateWriteFailed",
+                &format!(
+                    "{n} object(s) hold state peapod could not write to {} (retrying); \
+                     e.g. {id}: {err}",
+                    self.rt.config.state_dir.display()
+                ),
+            ));
+        }
         if verbose {
             if let Ok(cfg) = serde_json::to_string(&self.rt.config) {
                 info.insert("config".to_string(), cfg);
             }
+            // Live tokio tasks: a figure that must return to its level after pod churn (a
+            // leaked log writer, monitor or exec task shows here first).
+            info.insert(
+                "tokioAliveTasks".to_string(),
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks()
+                    .to_string(),
+            );
         }
         cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),

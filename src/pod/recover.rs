@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::node::Node;
-use crate::{container, sandbox};
+use crate::runtime::Runtime;
+use crate::{container, keys, sandbox, task};
 
 /// How long recovery waits between attempts at most while containerd does not answer.
 const RECOVERY_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -22,6 +23,7 @@ pub async fn recover(node: &Node) {
             tracing::warn!(dir = %exec_dir.display(), error = %e, "cannot sweep exec FIFOs");
         }
     }
+    crate::store::sweep_temp_files(&rt.config.state_dir);
     let mut delay = Duration::from_millis(200);
     loop {
         let done = async {
@@ -30,6 +32,8 @@ pub async fn recover(node: &Node) {
         };
         match done.await {
             Ok(()) => {
+                finish_interrupted_stops(node).await;
+                sweep_orphan_leases(rt).await;
                 rt.set_recovered();
                 tracing::info!("state recovered from containerd");
                 return;
@@ -39,6 +43,64 @@ pub async fn recover(node: &Node) {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(RECOVERY_RETRY_MAX);
             }
+        }
+    }
+}
+
+/// After recovery of sandboxes and containers: a sandbox that is not ready but whose pause
+/// task still runs had its StopPodSandbox cut off by a crash; the stop is finished, so a
+/// NOTREADY pod never keeps running processes or network.
+async fn finish_interrupted_stops(node: &Node) {
+    let rt = &node.rt;
+    for sb in rt.sandboxes.all() {
+        let st = sb.state();
+        if st.ready || st.pid == 0 {
+            continue;
+        }
+        if !matches!(
+            task::state(&rt.ctrd, &sb.id).await,
+            Ok(task::State::Running { .. })
+        ) {
+            continue;
+        }
+        match super::lifecycle::stop_sandbox(node, &sb.id).await {
+            Ok(()) => tracing::info!(sandbox = %sb.id, "finished a stop a crash interrupted"),
+            Err(e) => tracing::warn!(sandbox = %sb.id, error = %e, "finish an interrupted stop"),
+        }
+    }
+}
+
+/// Leases a crashed peapod left: a pull's (no pull outlives the process) and those of
+/// sandboxes or containers whose creation was cut off before containerd had a record of
+/// them. Each holds content or a snapshot from the garbage collector, so each goes, with
+/// the snapshot of the same key. Runs once recovery has rebuilt the index, before serving.
+async fn sweep_orphan_leases(rt: &Runtime) {
+    let leases = match rt.ctrd.lease_ids().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list leases to sweep orphans");
+            return;
+        }
+    };
+    for lease in leases {
+        let orphan = match keys::lease_owner(&lease) {
+            None => continue,
+            Some(keys::LeaseOwner::Pull) => None,
+            Some(keys::LeaseOwner::Object(id)) => {
+                if rt.sandboxes.get(id).is_ok() || rt.containers.get(id).is_ok() {
+                    continue;
+                }
+                Some(id)
+            }
+        };
+        if let Some(id) = orphan {
+            if let Err(e) = rt.ctrd.remove_snapshot(&rt.config.snapshotter, id).await {
+                tracing::warn!(lease = %lease, error = %e, "remove orphan snapshot");
+            }
+        }
+        match rt.ctrd.delete_lease_id(&lease).await {
+            Ok(()) => tracing::info!(lease = %lease, "removed a lease a crash left behind"),
+            Err(e) => tracing::warn!(lease = %lease, error = %e, "remove orphan lease"),
         }
     }
 }

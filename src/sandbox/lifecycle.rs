@@ -51,11 +51,11 @@ pub fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
             config.hostname
         )));
     }
-    if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
-        return Err(Error::invalid(format!(
-            "pod sandbox config: log_directory {:?} must be an absolute path",
-            config.log_directory
-        )));
+    if !config.log_directory.is_empty() {
+        crate::safe_fs::check_absolute_dir(
+            &config.log_directory,
+            "pod sandbox config: log_directory",
+        )?;
     }
     for (i, p) in config.port_mappings.iter().enumerate() {
         if cri::Protocol::try_from(p.protocol).is_err() {
@@ -228,9 +228,13 @@ async fn create_in(
         ..Default::default()
     };
     if !host_net {
-        let path = network.create_netns(&format!("peapod-{}", &id[..16]))?;
+        let path = network.create_netns(&netns_name(id))?;
         made.netns = Some(path.clone());
         state.netns_path = Some(path.clone());
+        // Recorded before CNI ADD: if peapod dies during it, recovery finds the namespace
+        // and runs DEL (idempotent), so no IP or veth outlives a crash.
+        state.network_attached = true;
+        store::write_json_atomic(&state_file(&dir), &state)?;
         let req = network_request(id, &config, path);
         made.network = Some(req.clone());
         let net = network.setup(&req).await?;
@@ -281,8 +285,11 @@ async fn create_in(
         spec: spec_bytes,
         created_at: task::ns_to_ts(created_at),
     };
-    c.create_container(&rt.config, record, &what).await?;
+    // Counted as made before the call: a failed answer (a response too large to decode, a
+    // broken connection) does not mean containerd did not create it, and the delete in
+    // the undo is idempotent.
     made.container = true;
+    c.create_container(&rt.config, record, &what).await?;
 
     task::create(c, id, mounts, task::NO_IO).await?;
     made.task = true;
@@ -394,6 +401,12 @@ pub async fn remove(rt: &Runtime, sb: &Sandbox) -> Result<()> {
     Ok(())
 }
 
+/// The pinned network namespace's name: derived from the id, so recovery finds it even when
+/// a crash came before the state file recorded it.
+fn netns_name(id: &str) -> String {
+    format!("peapod-{}", &id[..16.min(id.len())])
+}
+
 /// Rebuilds the sandbox index from containerd and the state directory, reconciles each
 /// with its pause task, and cleans up what a crash mid-creation left behind.
 pub async fn recover(rt: &Arc<Runtime>, network: &Network) -> Result<()> {
@@ -442,10 +455,33 @@ pub async fn recover(rt: &Arc<Runtime>, network: &Network) -> Result<()> {
         if sb.dir.exists() {
             sb.update(|_| {})?;
         }
+        // pid is recorded together with ready at the end of RunPodSandbox and kept by a
+        // stop: not ready without a pid means the creation never finished.
+        let unfinished = !sb.state().ready && sb.state().pid == 0;
+
         rt.names.restore(&name, &id);
         rt.sandboxes.insert(sb.clone());
         if running {
-            watch_pause(rt.clone(), sb);
+            watch_pause(rt.clone(), sb.clone());
+        }
+        if unfinished {
+            // A RunPodSandbox cut off by a crash after the containerd container was made:
+            // kubelet never got its id, so the pod is removed whole rather than kept half.
+            // (It has no containers: those are recovered after the sandboxes.)
+            let removed = async {
+                let _g = sb.op.lock().await;
+                stop(rt, network, &sb).await?;
+                remove(rt, &sb).await
+            };
+            match removed.await {
+                Ok(()) => {
+                    tracing::info!(sandbox = %id, pod = %name, "removed a pod sandbox whose creation was interrupted")
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "remove interrupted pod sandbox")
+                }
+            }
+            continue;
         }
         tracing::info!(sandbox = %id, pod = %name, running, "recovered pod sandbox");
     }
@@ -459,14 +495,17 @@ pub async fn recover(rt: &Arc<Runtime>, network: &Network) -> Result<()> {
             }
             let dir = e.path();
             let st: Option<SandboxState> = store::read_json(&state_file(&dir)).ok().flatten();
-            if let Some(st) = st {
-                if let Some(p) = &st.netns_path {
-                    let req = network_request(&id, &cri::PodSandboxConfig::default(), p.clone());
-                    if let Err(e) = network.teardown(&req).await {
-                        tracing::warn!(sandbox = %id, error = %e, "orphan CNI teardown");
-                    }
-                    let _ = netns::remove(p);
+            // Without a state file the namespace (if the crash came after making it) is
+            // still found by its name.
+            let netns = st
+                .and_then(|s| s.netns_path)
+                .unwrap_or_else(|| rt.config.netns_dir.join(netns_name(&id)));
+            if netns.exists() {
+                let req = network_request(&id, &cri::PodSandboxConfig::default(), netns.clone());
+                if let Err(e) = network.teardown(&req).await {
+                    tracing::warn!(sandbox = %id, error = %e, "orphan CNI teardown");
                 }
+                let _ = netns::remove(&netns);
             }
             let _ = files::remove(&dir);
             let _ = rt.ctrd.delete_lease(&id).await;

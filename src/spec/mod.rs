@@ -14,6 +14,7 @@
 //! - [`user`]: `/etc/passwd` and `/etc/group` of the rootfs, the process user and groups
 //! - [`resources`]: cgroup resources and `oom_score_adj`
 
+pub mod apparmor;
 pub mod base;
 pub mod container;
 pub mod devices;

@@ -599,6 +599,9 @@ pub fn localhost_path(reference: &str, root: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
+/// The largest Localhost profile read; containerd's own default profile is about 20 KiB.
+const MAX_PROFILE: u64 = 1 << 20;
+
 /// Loads a Localhost profile. Both the OCI form (`LinuxSeccomp`) and the Docker/containerd
 /// profile form are accepted: `name` is taken as `names`, `includes`/`excludes` conditions on
 /// capabilities and architectures are evaluated against `caps` and this host, and `archMap`
@@ -610,7 +613,10 @@ pub fn load_localhost(path: &Path, caps: &Capabilities) -> Result<LinuxSeccomp> 
             path.display()
         ))
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    // The path comes from a pod spec: a FIFO or /dev/zero must neither hang nor exhaust us.
+    let bytes =
+        crate::safe_fs::read_host_file(path, MAX_PROFILE).map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
     let mut v: Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     let obj = v
@@ -939,5 +945,26 @@ mod tests {
             .flat_map(|s| s.names())
             .collect();
         assert_eq!(names, ["read", "mount"]);
+    }
+
+    #[test]
+    fn localhost_profiles_that_are_not_regular_files_fail_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let caps = Capabilities::default();
+        let e = load_localhost(&fifo, &caps).unwrap_err().to_string();
+        assert!(e.contains("FIFO"), "{e}");
+        let e = load_localhost(Path::new("/dev/zero"), &caps)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("character device"), "{e}");
+        let big = dir.path().join("big.json");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_PROFILE + 1)
+            .unwrap();
+        let e = load_localhost(&big, &caps).unwrap_err().to_string();
+        assert!(e.contains("more than"), "{e}");
     }
 }

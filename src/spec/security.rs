@@ -126,9 +126,12 @@ pub const DEFAULT_READONLY_PATHS: &[&str] = &[
 pub struct HostSecurity {
     /// AppArmor is enabled (`/sys/kernel/security/apparmor` exists).
     pub apparmor_enabled: bool,
-    /// Name of the AppArmor profile that RuntimeDefault means, already loaded by the caller;
-    /// `None` leaves RuntimeDefault containers without a profile.
+    /// Name of the loaded AppArmor profile that RuntimeDefault means.
     pub apparmor_default_profile: Option<String>,
+    /// Why the default profile could not be loaded, when AppArmor is enabled but
+    /// `apparmor_default_profile` is unset: RuntimeDefault containers then fail to create
+    /// rather than run unconfined.
+    pub apparmor_load_error: Option<String>,
     /// SELinux is enabled (selinuxfs mounted).
     pub selinux_enabled: bool,
     /// The capabilities "ALL" and privileged grant: peapod's own bounding set (like containerd);
@@ -151,8 +154,21 @@ impl HostSecurity {
                 .map(|s| s.trim_start().starts_with('Y'))
                 .unwrap_or(true);
         let selinux_enabled = Path::new("/sys/fs/selinux/enforce").exists();
+        let (apparmor_default_profile, apparmor_load_error) = if apparmor_enabled {
+            match super::apparmor::ensure_default_loaded() {
+                Ok(name) => (Some(name), None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "AppArmor default profile not loaded; RuntimeDefault containers will fail to create");
+                    (None, Some(e))
+                }
+            }
+        } else {
+            (None, None)
+        };
         HostSecurity {
             apparmor_enabled,
+            apparmor_default_profile,
+            apparmor_load_error,
             selinux_enabled,
             capabilities: own_bounding_set(),
             recursive_read_only_mounts: super::features::recursive_read_only_mounts(),
@@ -394,11 +410,17 @@ pub fn apparmor(
     }
     match profile {
         Profile::Unconfined => Ok(None),
-        Profile::Unset | Profile::RuntimeDefault => Ok(if privileged {
-            None
-        } else {
-            host.apparmor_default_profile.clone()
-        }),
+        Profile::Unset | Profile::RuntimeDefault if privileged => Ok(None),
+        Profile::Unset | Profile::RuntimeDefault => match &host.apparmor_default_profile {
+            Some(p) => Ok(Some(p.clone())),
+            // Running it unconfined would silently drop the confinement asked for.
+            None => Err(Error::FailedPrecondition(format!(
+                "security_context.apparmor: RuntimeDefault needs peapod's default AppArmor                  profile, which is not loaded: {}",
+                host.apparmor_load_error
+                    .as_deref()
+                    .unwrap_or("no default profile configured")
+            ))),
+        },
         Profile::Localhost(name) => {
             let name = name.strip_prefix("localhost/").unwrap_or(&name).to_string();
             if name.is_empty() {
@@ -773,6 +795,33 @@ mod tests {
         assert_eq!(p(&s, false), None);
         s.apparmor_profile = "weird".into();
         assert!(apparmor(Some(&s), false, &host).is_err());
+    }
+
+    #[test]
+    fn apparmor_runtime_default_is_never_silently_unconfined() {
+        // AppArmor enabled, but the default profile failed to load.
+        let host = HostSecurity {
+            apparmor_enabled: true,
+            apparmor_load_error: Some("apparmor_parser: not found".into()),
+            ..Default::default()
+        };
+        for s in [aa(ProfileType::RuntimeDefault, ""), sc()] {
+            let e = apparmor(Some(&s), false, &host).unwrap_err();
+            assert!(
+                matches!(&e, Error::FailedPrecondition(m) if m.contains("apparmor_parser")),
+                "{e}"
+            );
+        }
+        assert!(
+            apparmor(None, false, &host).is_err(),
+            "no security context means RuntimeDefault too"
+        );
+        // Privileged and Unconfined still need no profile.
+        assert_eq!(apparmor(Some(&sc()), true, &host).unwrap(), None);
+        assert_eq!(
+            apparmor(Some(&aa(ProfileType::Unconfined, "")), false, &host).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //! then the passwd entry's, or 0), a name must; `Merge` adds the groups that list the user as a
 //! member in the image's `/etc/group`, `Strict` does not.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use crate::cri;
 use crate::error::{Error, Result};
+use crate::safe_fs;
 
 /// One `/etc/passwd` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,61 +233,19 @@ fn id_from_i64(v: i64, field: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::invalid(format!("{field}: {v} is not a valid id")))
 }
 
-/// Reads `rel` under `root`, resolving every symlink relative to `root` so that an absolute or
-/// `..` link in an image can never reach a host file. A missing file reads as "".
-fn read_in_root(root: &Path, rel: &str) -> Result<String> {
-    let path = match resolve_in_root(root, Path::new(rel)) {
-        Some(p) => p,
-        None => return Ok(String::new()),
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(s) => Ok(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(Error::internal(format!("read {}: {e}", path.display()))),
-    }
-}
+/// The most of `/etc/passwd` or `/etc/group` peapod reads: far more than any real image
+/// has, and small enough that a hostile image cannot exhaust memory with it.
+pub const MAX_USER_DB_FILE: u64 = 4 << 20;
 
-/// Joins `rel` to `root` following symlinks inside `root` (at most 40, like the kernel).
-/// `None` when a link loop is found.
-pub(crate) fn resolve_in_root(root: &Path, rel: &Path) -> Option<PathBuf> {
-    let mut pending: Vec<PathBuf> = rel
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(PathBuf::from(s)),
-            Component::ParentDir => Some(PathBuf::from("..")),
-            _ => None,
-        })
-        .collect();
-    let mut resolved = PathBuf::new(); // relative to root
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part.as_os_str() == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&part);
-        match std::fs::read_link(root.join(&candidate)) {
-            Ok(target) => {
-                links += 1;
-                if links > 40 {
-                    return None;
-                }
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(s) => pending.push(PathBuf::from(s)),
-                        Component::ParentDir => pending.push(PathBuf::from("..")),
-                        _ => {}
-                    }
-                }
-            }
-            Err(_) => resolved = candidate,
-        }
+/// Reads `rel` under `root` through [`safe_fs`]: symlinks resolve inside `root`, only a
+/// regular file of at most [`MAX_USER_DB_FILE`] bytes is read, and a FIFO or device is refused
+/// without being opened. A missing file reads as "", as containerd treats it.
+fn read_in_root(root: &Path, rel: &str) -> Result<String> {
+    match safe_fs::read_in_root(root, Path::new(rel), MAX_USER_DB_FILE) {
+        Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Ok(None) => Ok(String::new()),
+        Err(e) => Err(Error::invalid(format!("the image's /{rel} {e}"))),
     }
-    Some(root.join(resolved))
 }
 
 /// The `:`-separated fields of a passwd/group line with at least `min` fields and a name;
@@ -469,5 +428,24 @@ mod tests {
             .unwrap()
             .user_by_name("app")
             .is_some());
+    }
+
+    #[test]
+    fn hostile_user_files_fail_fast_with_a_clear_error() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        let passwd = root.path().join("etc/passwd");
+        nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = UserDb::from_rootfs(root.path()).unwrap_err().to_string();
+        assert!(e.contains("/etc/passwd") && e.contains("FIFO"), "{e}");
+        std::fs::remove_file(&passwd).unwrap();
+        let f = std::fs::File::create(&passwd).unwrap();
+        f.set_len(MAX_USER_DB_FILE + 1).unwrap();
+        let e = UserDb::from_rootfs(root.path()).unwrap_err().to_string();
+        assert!(e.contains("/etc/passwd") && e.contains("more than"), "{e}");
+        // A link to the host's kernel memory resolves inside the image, where it is absent.
+        std::fs::remove_file(&passwd).unwrap();
+        std::os::unix::fs::symlink("/proc/kcore", &passwd).unwrap();
+        assert_eq!(UserDb::from_rootfs(root.path()).unwrap(), UserDb::default());
     }
 }

@@ -27,8 +27,7 @@
 
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -212,19 +211,58 @@ impl std::fmt::Debug for Msg {
 /// the FIFOs, so the container never blocks on a full pipe. Missing parent directories are
 /// created; the file is opened for append (a restarted peapod continues the same file), mode
 /// 0640. Needs a tokio runtime; the FIFOs' read ends are open when this returns.
-pub fn spawn_log_writer(io: &ContainerIo, log_path: PathBuf, tty: bool) -> Result<LogHandle> {
+pub fn spawn_log_writer(
+    io: &ContainerIo,
+    log_path: impl Into<LogTarget>,
+    tty: bool,
+) -> Result<LogHandle> {
     spawn_log_writer_with(io, log_path, tty, LogOptions::default())
+}
+
+/// Where a container's log goes: `rel` inside the pod's log directory `root`. The file is
+/// opened through [`safe_fs`](crate::safe_fs), so it stays inside `root` whatever symlinks
+/// appear there. An empty `rel` means no log file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogTarget {
+    pub root: PathBuf,
+    pub rel: PathBuf,
+}
+
+impl LogTarget {
+    fn is_none(&self) -> bool {
+        self.rel.as_os_str().is_empty()
+    }
+}
+
+impl std::fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.root.join(&self.rel).display())
+    }
+}
+
+/// A full path: the file inside its own directory.
+impl From<PathBuf> for LogTarget {
+    fn from(p: PathBuf) -> Self {
+        match (p.parent(), p.file_name()) {
+            (Some(dir), Some(name)) => LogTarget {
+                root: dir.to_path_buf(),
+                rel: PathBuf::from(name),
+            },
+            _ => LogTarget::default(),
+        }
+    }
 }
 
 /// [`spawn_log_writer`] with explicit options.
 pub fn spawn_log_writer_with(
     io: &ContainerIo,
-    log_path: PathBuf,
+    log_path: impl Into<LogTarget>,
     tty: bool,
     opts: LogOptions,
 ) -> Result<LogHandle> {
-    let path = (!log_path.as_os_str().is_empty()).then_some(log_path);
-    let file = path.as_deref().map(open_log_file).transpose()?;
+    let log_path = log_path.into();
+    let path = (!log_path.is_none()).then_some(log_path);
+    let file = path.as_ref().map(open_log_file).transpose()?;
 
     let mut readers = vec![(Stream::Stdout, io.open_stdout()?)];
     if !tty {
@@ -307,18 +345,12 @@ impl LogHandle {
     }
 }
 
-fn open_log_file(path: &Path) -> Result<fs::File> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(|e| {
-            Error::internal(format!("create log directory {}: {e}", parent.display()))
-        })?;
-    }
-    fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(LOG_FILE_MODE)
-        .open(path)
-        .map_err(|e| Error::internal(format!("open log file {}: {e}", path.display())))
+fn open_log_file(t: &LogTarget) -> Result<fs::File> {
+    // The directory itself is kubelet's (validated absolute, without `..`); below it, nothing
+    // is trusted.
+    fs::create_dir_all(&t.root)
+        .map_err(|e| Error::internal(format!("create log directory {}: {e}", t.root.display())))?;
+    crate::safe_fs::open_append_in_root(&t.root, &t.rel, LOG_FILE_MODE)
 }
 
 struct ReadStream {
@@ -401,7 +433,7 @@ type LogFile = BufWriter<tokio::fs::File>;
 
 async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Msg>,
-    path: Option<PathBuf>,
+    path: Option<LogTarget>,
     mut out: Option<LogFile>,
     streams: usize,
     done: watch::Sender<bool>,
@@ -457,7 +489,7 @@ async fn write_loop(
     let _ = done.send(true);
 }
 
-async fn flush(out: &mut Option<LogFile>, path: &Option<PathBuf>, failed: &mut u64) {
+async fn flush(out: &mut Option<LogFile>, path: &Option<LogTarget>, failed: &mut u64) {
     if let Some(w) = out.as_mut() {
         if let Err(e) = w.flush().await {
             note_failure(failed, path, &e);
@@ -467,7 +499,7 @@ async fn flush(out: &mut Option<LogFile>, path: &Option<PathBuf>, failed: &mut u
 
 /// Counts a failed write; warns on the first and then every 1000th so a full disk does not
 /// flood peapod's own log.
-fn note_failure(failed: &mut u64, path: &Option<PathBuf>, e: &std::io::Error) {
+fn note_failure(failed: &mut u64, path: &Option<LogTarget>, e: &std::io::Error) {
     *failed += 1;
     if *failed == 1 || failed.is_multiple_of(1000) {
         tracing::warn!(log = ?path, error = %e, failed = *failed, "writing container log failed; dropping output");
@@ -478,7 +510,8 @@ fn note_failure(failed: &mut u64, path: &Option<PathBuf>, e: &std::io::Error) {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::path::Path;
     use std::time::Duration;
 
     fn split(max: usize, chunks: &[&[u8]]) -> Vec<(String, String)> {

@@ -22,12 +22,30 @@ pub struct ContainerMeta {
     pub image_ref: String,
     /// Absolute log path (sandbox log_directory joined with the config's log_path); empty = none.
     pub log_path: String,
+    /// The sandbox's log_directory: the log file is opened inside it and never outside.
+    #[serde(default)]
+    pub log_directory: String,
     pub created_at: i64,
     /// The image's STOPSIGNAL, recorded at create (the CRI stop_signal wins when set).
     pub image_stop_signal: String,
     /// uid, gid and supplemental groups of the container's first process.
     #[serde(default)]
     pub user: Option<ContainerUserIds>,
+}
+
+impl ContainerMeta {
+    /// Where the log writer writes: `log_path` inside `log_directory` (records written before
+    /// `log_directory` was kept: inside the log file's own directory).
+    pub fn log_target(&self) -> crate::stdio::log::LogTarget {
+        let full = PathBuf::from(&self.log_path);
+        match full.strip_prefix(&self.log_directory) {
+            Ok(rel) if !self.log_directory.is_empty() => crate::stdio::log::LogTarget {
+                root: PathBuf::from(&self.log_directory),
+                rel: rel.to_path_buf(),
+            },
+            _ => full.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -127,6 +145,26 @@ impl Container {
         drop(g);
         self.changed.notify_waiters();
         Ok(next)
+    }
+
+    /// Changes the state in memory at once, then persists it. The change stands even when
+    /// persisting fails (a full disk, a read-only state directory): it is what happened, and
+    /// a container left RUNNING in memory after its exit wedges every later Stop and Remove.
+    /// The write error is returned for the caller to retry with [`Container::persist`].
+    pub fn apply(&self, f: impl FnOnce(&mut ContainerState)) -> (ContainerState, Result<()>) {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g);
+        let next = g.clone();
+        let written = write_json_atomic(&self.state_path, &next);
+        drop(g);
+        self.changed.notify_waiters();
+        (next, written)
+    }
+
+    /// Writes the current state (a retry after [`Container::apply`] could not).
+    pub fn persist(&self) -> Result<()> {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        write_json_atomic(&self.state_path, &*g)
     }
 
     /// The resources in force: the last update's, else the create request's.

@@ -15,7 +15,7 @@ pub mod sandbox;
 pub use container::{
     Container, ContainerMeta, ContainerState, ContainerUserIds, Containers, Phase,
 };
-pub use files::{read_json, write_json_atomic};
+pub use files::{read_json, sweep_temp_files, write_json_atomic, Unpersisted};
 pub use index::{labels_match, resolve_prefix, Index, Indexed};
 pub use names::{Names, Reservation};
 pub use sandbox::{Sandbox, SandboxState, Sandboxes};

@@ -6,6 +6,7 @@
 
 pub mod bins;
 pub mod cri;
+pub mod inventory;
 pub mod kubelet;
 pub mod oci;
 

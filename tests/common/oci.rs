@@ -2,7 +2,7 @@
 //! tarball that `ctr images import` (and a registry push) accept. No registry on the
 //! internet is reachable from the test machines, so every test image is made here.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -21,6 +21,19 @@ pub struct ImageSpec {
     pub stop_signal: String,
     /// Extra files (path inside the image, content).
     pub files: Vec<(String, Vec<u8>)>,
+    /// Entries that are not regular files (a hostile image's FIFOs, devices, links); one at
+    /// `etc/passwd` or `etc/group` replaces the rig's own.
+    pub special: Vec<(String, Special)>,
+}
+
+/// A non-regular layer entry.
+#[derive(Clone, Debug)]
+pub enum Special {
+    Fifo,
+    CharDevice(u32, u32),
+    Symlink(String),
+    /// A regular file of this many bytes (zeros).
+    Sized(u64),
 }
 
 pub struct BuiltImage {
@@ -52,6 +65,12 @@ nogroup:x:65534:\n";
 
 /// The uncompressed root filesystem layer: busybox with every applet linked, /etc files.
 pub fn busybox_layer(extra: &[(String, Vec<u8>)]) -> Vec<u8> {
+    busybox_layer_with(extra, &[])
+}
+
+/// [`busybox_layer`] plus non-regular entries.
+pub fn busybox_layer_with(extra: &[(String, Vec<u8>)], special: &[(String, Special)]) -> Vec<u8> {
+    let replaced = |p: &str| special.iter().any(|(q, _)| q.trim_start_matches('/') == p);
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed at /bin/busybox");
     let applets = std::process::Command::new("/bin/busybox")
         .arg("--list")
@@ -94,8 +113,12 @@ pub fn busybox_layer(extra: &[(String, Vec<u8>)]) -> Vec<u8> {
         b.append_data(&mut h, p, data).unwrap();
     };
     file(&mut b, "bin/busybox", &busybox, 0o755);
-    file(&mut b, "etc/passwd", PASSWD.as_bytes(), 0o644);
-    file(&mut b, "etc/group", GROUP.as_bytes(), 0o644);
+    if !replaced("etc/passwd") {
+        file(&mut b, "etc/passwd", PASSWD.as_bytes(), 0o644);
+    }
+    if !replaced("etc/group") {
+        file(&mut b, "etc/group", GROUP.as_bytes(), 0o644);
+    }
     for a in String::from_utf8_lossy(&applets.stdout).lines() {
         let a = a.trim();
         if a.is_empty() || a == "busybox" {
@@ -112,12 +135,40 @@ pub fn busybox_layer(extra: &[(String, Vec<u8>)]) -> Vec<u8> {
     for (p, data) in extra {
         file(&mut b, p.trim_start_matches('/'), data, 0o755);
     }
+    for (p, s) in special {
+        let p = p.trim_start_matches('/');
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_mtime(0);
+        match s {
+            Special::Fifo => h.set_entry_type(tar::EntryType::Fifo),
+            Special::CharDevice(major, minor) => {
+                h.set_entry_type(tar::EntryType::Char);
+                h.set_device_major(*major).unwrap();
+                h.set_device_minor(*minor).unwrap();
+            }
+            Special::Symlink(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                b.append_link(&mut h, p, target).unwrap();
+                continue;
+            }
+            Special::Sized(n) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(*n);
+                b.append_data(&mut h, p, std::io::repeat(0).take(*n))
+                    .unwrap();
+                continue;
+            }
+        }
+        b.append_data(&mut h, p, std::io::empty()).unwrap();
+    }
     b.into_inner().unwrap()
 }
 
 /// Builds the image and writes an OCI layout tarball into `dir`.
 pub fn build(dir: &Path, spec: &ImageSpec) -> BuiltImage {
-    let layer = busybox_layer(&spec.files);
+    let layer = busybox_layer_with(&spec.files, &spec.special);
     let layer_digest = sha256(&layer);
     let mut cfg = json!({
         "Env": if spec.env.is_empty() { vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()] } else { spec.env.clone() },

@@ -442,3 +442,82 @@ pub fn write_hosts_toml(certs_d: &std::path::Path, host: &str, text: &str) {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("hosts.toml"), text).unwrap();
 }
+
+/// The headers of one request.
+pub type Headers = Vec<(String, String)>;
+
+/// An HTTP endpoint that records the headers of every request and answers each with a
+/// `401` Basic challenge: a mirror that asks for credentials, to see which ones it is sent.
+pub struct RecordingMirror {
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Headers>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordingMirror {
+    pub async fn start() -> RecordingMirror {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let headers = text
+                        .lines()
+                        .skip(1)
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                        .collect();
+                    seen.lock().unwrap().push(headers);
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"mirror\"\r\n\
+                              Content-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        RecordingMirror {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// The headers of each request so far (names lower-cased).
+    pub fn requests(&self) -> Vec<Headers> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// The Authorization headers it was sent.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k == "authorization")
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+impl Drop for RecordingMirror {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
