@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("gRPC server", &["server"]),
     ("pod orchestration", &["pod"]),
-    ("domain", &["sandbox", "container", "image"]),
+    ("domain", &["sandbox", "container", "image", "streaming"]),
     ("network, spec, task", &["network", "spec", "task"]),
     ("shared context", &["runtime"]),
     (
@@ -41,8 +41,13 @@ const LAYERS: &[(&str, &[&str])] = &[
 
 /// The only imports allowed between different modules of one layer, besides the foundations
 /// (which may use each other as long as no cycle forms): sandboxes and containers are made
-/// from images, and never call each other.
-const PEERS: &[(&str, &str)] = &[("sandbox", "image"), ("container", "image")];
+/// from images, and never call each other; the streaming back-ends (exec, attach,
+/// port-forward) run processes in containers the way ExecSync does.
+const PEERS: &[(&str, &str)] = &[
+    ("sandbox", "image"),
+    ("container", "image"),
+    ("streaming", "container"),
+];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
