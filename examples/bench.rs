@@ -10,7 +10,11 @@
 //!   * container start: CreateContainer + StartContainer (busybox `sleep 3600`), per pod;
 //!   * ListPodSandbox / ListContainers latency with the N pods present (100 calls each);
 //!   * memory with the N pods running (see `MEMORY_METHOD`);
-//!   * pod teardown: StopPodSandbox + RemovePodSandbox, per pod.
+//!   * pod teardown: StopPodSandbox + RemovePodSandbox, per pod;
+//!   * exec round trip: Exec RPC + SPDY upgrade + `true` run to its exit status, per exec;
+//!   * port-forward transfer: PortForward RPC + SPDY upgrade + a 64 MiB HTTP download from
+//!     busybox httpd in a pod, per transfer (both through peapod's own SPDY client, so no Go
+//!     client start-up is in the figures).
 //!
 //! Run it with `sudo bash scripts/bench.sh [-n N] [--out FILE]`.
 
@@ -81,7 +85,16 @@ struct Results {
     list_containers: Samples,
     memory: Samples,
     pod_teardown: Samples,
+    exec_round_trip: Samples,
+    port_forward: Samples,
 }
+
+/// Execs per runtime for the exec round trip.
+const EXECS: usize = 30;
+/// Transfers per runtime, and the size of each, for port-forward throughput.
+const TRANSFERS: usize = 5;
+const TRANSFER_BYTES: usize = 64 << 20;
+const WEB_PORT: u16 = 8080;
 
 fn rss_kib(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -215,6 +228,139 @@ async fn remove_pods(
     Ok(())
 }
 
+/// A pod with busybox httpd serving a file of TRANSFER_BYTES; returns (pod, container).
+async fn stream_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    rig: &Rig,
+    label: &str,
+) -> Result<(String, String), tonic::Status> {
+    let config = rig.pod_config(&format!("bench-{label}-stream"));
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let mut c = container_config("web");
+    c.command = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mkdir -p /www && head -c {TRANSFER_BYTES} /dev/zero > /www/f && exec httpd -f -p {WEB_PORT} -h /www"
+        ),
+    ];
+    let ctr = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(c),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await?;
+    let start = Instant::now();
+    loop {
+        let r = rt
+            .exec_sync(ExecSyncRequest {
+                container_id: ctr.clone(),
+                cmd: vec!["netstat".into(), "-ltn".into()],
+                timeout: 10,
+            })
+            .await?
+            .into_inner();
+        if String::from_utf8_lossy(&r.stdout).contains(&format!(":{WEB_PORT} ")) {
+            return Ok((pod, ctr));
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(tonic::Status::internal(
+                "httpd did not come up in the bench pod",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn io_status(what: &str) -> impl FnOnce(std::io::Error) -> tonic::Status + '_ {
+    move |e| tonic::Status::internal(format!("{what}: {e}"))
+}
+
+/// Exec round trips and port-forward transfers against one runtime's streaming server.
+async fn streaming(
+    rt: &mut RuntimeServiceClient<Channel>,
+    rig: &Rig,
+    label: &str,
+    r: &mut Results,
+) -> Result<(), tonic::Status> {
+    use peapod::streaming::client;
+    let (pod, ctr) = stream_pod(rt, rig, label).await?;
+    for _ in 0..EXECS {
+        let t = Instant::now();
+        let url = rt
+            .exec(ExecRequest {
+                container_id: ctr.clone(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .url;
+        let (conn, _) = client::connect(&url, &["v4.channel.k8s.io"])
+            .await
+            .map_err(io_status("exec upgrade"))?;
+        let res = client::run_command(&conn, None, false)
+            .await
+            .map_err(io_status("exec"))?;
+        r.exec_round_trip.push_dur(t.elapsed());
+        if res.exit_code() != Some(0) {
+            return Err(tonic::Status::internal(format!(
+                "exec true: status {}",
+                String::from_utf8_lossy(&res.status)
+            )));
+        }
+    }
+    for _ in 0..TRANSFERS {
+        let t = Instant::now();
+        let url = rt
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![i32::from(WEB_PORT)],
+            })
+            .await?
+            .into_inner()
+            .url;
+        let (conn, _) = client::connect(&url, &["portforward.k8s.io"])
+            .await
+            .map_err(io_status("port-forward upgrade"))?;
+        let (_err, mut data) = client::forward(&conn, WEB_PORT, 0)
+            .await
+            .map_err(io_status("port-forward streams"))?;
+        data.writer
+            .write(bytes::Bytes::from_static(b"GET /f HTTP/1.0\r\n\r\n"))
+            .await
+            .map_err(io_status("port-forward request"))?;
+        let mut got = 0usize;
+        while let Some(b) = data.reader.recv().await {
+            got += b.len();
+        }
+        data.writer.close().await;
+        conn.close().await;
+        r.port_forward.push_dur(t.elapsed());
+        if got < TRANSFER_BYTES {
+            return Err(tonic::Status::internal(format!(
+                "port-forward moved {got} bytes, expected over {TRANSFER_BYTES}"
+            )));
+        }
+    }
+    remove_pods(rt, std::slice::from_ref(&pod), None).await
+}
+
 /// Best effort: remove whatever pods are left after a failure.
 async fn cleanup(rt: &mut RuntimeServiceClient<Channel>) {
     if let Ok(resp) = rt.list_pod_sandbox(ListPodSandboxRequest::default()).await {
@@ -334,6 +480,22 @@ async fn main() {
                 .push((rss_kib(c2_pid) - rss_kib(c1_pid)) / 1024.0);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // After the memory samples, so buffers of the transfers do not count in them.
+        for (label, rt, rig, r) in [
+            ("peapod", &mut pp_rt, &peapod_rig, &mut pp),
+            ("containerd-cri", &mut cri_rt, &cri_rig, &mut cri),
+        ] {
+            eprintln!(
+                "bench: {label}: {EXECS} exec round trips, {TRANSFERS} port-forward transfers of {} MiB",
+                TRANSFER_BYTES >> 20
+            );
+            outcome = streaming(rt, rig, label, r).await;
+            if outcome.is_err() {
+                break;
+            }
+        }
+    }
+    if outcome.is_ok() {
         eprintln!("bench: removing pods");
         outcome = remove_pods(&mut pp_rt, &pp_ids, Some(&mut pp)).await;
         if outcome.is_ok() {
@@ -388,6 +550,18 @@ async fn main() {
             "ms",
             &pp.pod_teardown,
             &cri.pod_teardown,
+        ),
+        row(
+            "exec round trip (Exec + `true`)",
+            "ms",
+            &pp.exec_round_trip,
+            &cri.exec_round_trip,
+        ),
+        row(
+            &format!("port-forward {} MiB transfer", TRANSFER_BYTES >> 20),
+            "ms",
+            &pp.port_forward,
+            &cri.port_forward,
         ),
         row(
             &format!("memory, {n} pods running"),

@@ -20,6 +20,7 @@ pub mod signal;
 pub mod spec;
 pub mod stdio;
 pub mod store;
+pub mod streaming;
 pub mod task;
 
 /// The CRI v1 API generated from `proto/api.proto`.

@@ -58,6 +58,8 @@ fn init_logging(config: &Config) {
 async fn run(config: Config) -> peapod::error::Result<()> {
     let listen = config.listen.clone();
     let listener = peapod::server::bind(&listen).await?;
+    let (streaming, stream_listener) =
+        peapod::streaming::Streaming::bind(&config.stream_address, config.stream_port).await?;
     let node = Arc::new(Node::new(config)?);
     let rt = node.rt.clone();
     match rt.ctrd.version().await {
@@ -87,11 +89,12 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     {
         tracing::warn!("recovery is waiting for containerd; serving meanwhile");
     }
-    tracing::info!(socket = %listen.display(), namespace = %rt.ctrd.namespace(), "peapod serving CRI v1");
+    streaming.spawn(rt.clone(), stream_listener);
+    tracing::info!(socket = %listen.display(), namespace = %rt.ctrd.namespace(), streaming = %streaming.base_url(), "peapod serving CRI v1");
     // Graceful shutdown waits for open connections, and kubelet never closes its own:
     // in-flight RPCs get a few seconds after the signal, then peapod exits regardless.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = peapod::server::serve(node.clone(), listener, async {
+    let server = peapod::server::serve(node.clone(), streaming, listener, async {
         shutdown_signal().await;
         let _ = tx.send(());
     });

@@ -253,12 +253,14 @@ async fn second_peapod_on_a_live_socket_refuses_and_stale_socket_is_replaced() {
     std::fs::create_dir_all(&exec_dir).unwrap();
     std::fs::write(exec_dir.join("deadbeef-stdout"), b"").unwrap();
     rig.start_peapod().await;
+    // The socket accepts as soon as it is bound; answers come once recovery (which sweeps
+    // the FIFOs) is done.
+    let mut rt = rig.runtime_client().await;
+    rt.version(VersionRequest::default()).await.unwrap();
     assert!(
         !exec_dir.join("deadbeef-stdout").exists(),
         "stale exec FIFO kept"
     );
-    let mut rt = rig.runtime_client().await;
-    rt.version(VersionRequest::default()).await.unwrap();
 
     // SIGTERM: clean exit, socket removed.
     let st = rig.stop_peapod().unwrap();

@@ -29,7 +29,7 @@ use crate::store::Phase;
 pub const OUTPUT_LIMIT: usize = 16 << 20;
 /// After the exec process exits, how long its output may take to reach EOF. A background
 /// child that inherited stdout keeps the FIFO open; the answer must not wait for it forever.
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How long a SIGKILLed exec process may take to be reaped before peapod deletes it anyway.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -202,7 +202,7 @@ async fn start_and_wait(
 
 /// Waits for the exec process's exit code. A broken Wait stream (containerd restarting)
 /// falls back to polling the process status.
-async fn wait_exec(c: &Containerd, id: &str, exec_id: &str) -> Result<i32> {
+pub async fn wait_exec(c: &Containerd, id: &str, exec_id: &str) -> Result<i32> {
     loop {
         let w = c
             .tasks()
@@ -261,7 +261,7 @@ async fn kill_exec(c: &Containerd, id: &str, exec_id: &str) {
     }
 }
 
-async fn delete_process(c: &Containerd, id: &str, exec_id: &str) {
+pub async fn delete_process(c: &Containerd, id: &str, exec_id: &str) {
     let r = c
         .tasks()
         .delete_process(c.req(DeleteProcessRequest {

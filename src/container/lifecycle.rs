@@ -381,7 +381,8 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
                     monitor::START_ERROR_EXIT_CODE,
                     "StartError",
                     e.to_string(),
-                )?;
+                )
+                .await?;
                 emit(&rt, &c, cri::ContainerEventType::ContainerStoppedEvent);
                 Err(e)
             }
@@ -394,9 +395,12 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
 /// FIFOs, the log writer (reading before the shim opens the FIFOs), task create and start.
 async fn start_task(rt: &Runtime, c: &Container) -> Result<u32> {
     let tty = c.config.tty;
-    let io = ContainerIo::create(&rt.fifo_dir(), &c.id, false, tty)?;
+    let io = ContainerIo::create(&rt.fifo_dir(), &c.id, c.config.stdin, tty)?;
     let log = logs::spawn_log_writer(&io, c.meta.log_target(), tty)?;
     *c.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(log));
+    // Open from the start, so the container reads nothing (rather than EOF) until a client
+    // attaches (Kubernetes `stdin`).
+    *c.stdin.lock().await = io.open_stdin()?;
     let rootfs = rt
         .ctrd
         .snapshots()

@@ -70,6 +70,7 @@ pub async fn record_exit(rt: &Arc<Runtime>, c: &Arc<Container>, exit: task::Exit
         wait_for_oom_event(c, OOM_EVENT_GRACE).await;
     }
     finish_log(c).await;
+    c.stdin.lock().await.take();
     remove_fifos(rt, &c.id);
     let at = if exit.at_ns == 0 {
         task::now_ns()
@@ -112,15 +113,16 @@ async fn delete_exited_task(rt: &Runtime, c: &Container) {
 }
 
 /// Records that the container ended without a real exit to report (its start failed, or it
-/// vanished while peapod was down): EXITED now with `code`, `reason` and `message`, its stdio
-/// FIFOs removed.
-pub fn record_lost_exit(
+/// vanished while peapod was down): EXITED now with `code`, `reason` and `message`, its stdin
+/// closed and its stdio FIFOs removed.
+pub async fn record_lost_exit(
     rt: &Runtime,
     c: &Container,
     code: i32,
     reason: &str,
     message: String,
 ) -> crate::error::Result<()> {
+    c.stdin.lock().await.take();
     remove_fifos(rt, &c.id);
     c.update(|s| {
         s.phase = Phase::Exited;

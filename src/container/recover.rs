@@ -96,7 +96,8 @@ async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
                 monitor::START_ERROR_EXIT_CODE,
                 "StartError",
                 "peapod restarted while the container was starting".into(),
-            )?;
+            )
+            .await?;
         }
         task::State::Running { .. } | task::State::Other(_) => {
             let pid = match task_state {
@@ -136,7 +137,8 @@ async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
                     monitor::UNKNOWN_EXIT_CODE,
                     "Unknown",
                     "container exited while peapod was down".into(),
-                )?;
+                )
+                .await?;
             } else {
                 c.update(|_| {})?;
             }
@@ -155,6 +157,22 @@ fn reattach_log(rt: &Runtime, c: &Container) {
         Ok(h) => *c.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(h)),
         Err(e) => {
             tracing::warn!(container = %c.id, error = %e, "cannot re-attach the container's log")
+        }
+    }
+    // The shim holds its own write end of stdin, so the container did not see EOF while
+    // peapod was away; take the FIFO up again for attached clients.
+    if c.config.stdin {
+        let stdin = ContainerIo::reopen_existing(&rt.fifo_dir(), &c.id, true, tty)
+            .and_then(|io| io.open_stdin());
+        match stdin {
+            Ok(tx) => {
+                if let Ok(mut g) = c.stdin.try_lock() {
+                    *g = tx;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(container = %c.id, error = %e, "cannot re-open the container's stdin")
+            }
         }
     }
 }

@@ -25,6 +25,8 @@ use crate::runtime::Runtime;
 #[derive(Clone)]
 pub struct Peapod {
     pub node: Arc<Node>,
+    /// Where Exec/Attach/PortForward requests are cached and served.
+    pub streaming: Arc<crate::streaming::Streaming>,
 }
 
 impl Peapod {
@@ -68,11 +70,12 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
 /// need the indexes wait for recovery behind [`recovery::Recovered`].
 pub async fn serve(
     node: Arc<Node>,
+    streaming: Arc<crate::streaming::Streaming>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let rt = node.rt.clone();
-    let svc = Peapod { node };
+    let svc = Peapod { node, streaming };
     let routes = tonic::service::Routes::new(
         RuntimeServiceServer::new(svc.clone())
             .max_decoding_message_size(16 << 20)
