@@ -29,6 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "stdio",
             "safe_fs",
             "containerd",
+            "containerd_caps",
             "config",
             "cgroup",
             "signal",
