@@ -603,7 +603,7 @@ async fn main() {
             "ratio": "peapod / containerd-cri; < 1 means peapod is faster/smaller",
             "memory_method": MEMORY_METHOD,
             "containerd": String::from_utf8_lossy(
-                &std::process::Command::new("containerd").arg("--version").output().map(|o| o.stdout).unwrap_or_default()
+                &std::process::Command::new(common::containerd_bin()).arg("--version").output().map(|o| o.stdout).unwrap_or_default()
             ).trim().to_string(),
             "metrics": rows,
         });

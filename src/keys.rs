@@ -38,7 +38,11 @@ pub mod type_url {
     /// `UpdateTaskRequest.resources`.
     pub const LINUX_RESOURCES: &str =
         "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
-    /// `Container.runtime.options` of the runc shim (`containerd.runc.v1.Options`).
+    /// `Container.runtime.options` of the runc shim (`containerd.runc.v1.Options`). The shim
+    /// decodes them at its start even when they are empty. 1.6 resolves an `Any` through
+    /// gogo's registry, which knows the bare message name only:
+    /// `types.googleapis.com/containerd.runc.v1.Options` fails every task create there
+    /// ("failed to start shim: ... type with url ...: not found"); 1.7 and 2.x take both.
     pub const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
 }
 

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod config;
 pub mod container;
 pub mod containerd;
+pub mod containerd_caps;
 pub mod error;
 pub mod id;
 pub mod image;

@@ -57,9 +57,10 @@ async fn finish_interrupted_stops(node: &Node) {
         if st.ready || st.pid == 0 {
             continue;
         }
+        // UNKNOWN (the shim did not answer containerd in time) may well be running.
         if !matches!(
             task::state(&rt.ctrd, &sb.id).await,
-            Ok(task::State::Running { .. })
+            Ok(task::State::Running { .. } | task::State::Other(_))
         ) {
             continue;
         }
