@@ -428,7 +428,7 @@ impl Containerd {
                 filters: vec![format!("labels.\"{}\"=={kind}", label::KIND)],
             }))
             .await
-            .map_err(ctrd(format!("list {kind} containers")))?
+            .map_err(ctrd(format!("list the {kind} records")))?
             .into_inner()
             .containers)
     }
