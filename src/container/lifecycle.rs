@@ -151,6 +151,7 @@ async fn create_in(
         created_at: task::now_ns(),
         image_stop_signal,
         user: None,
+        cgroups_path: None,
     };
 
     c.create_lease(id).await?;
@@ -191,6 +192,11 @@ async fn create_in(
             supplemental_groups: u.additional_gids().clone().unwrap_or_default(),
         });
     }
+    meta.cgroups_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.display().to_string());
     let spec_bytes =
         serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encode spec: {e}")))?;
     let meta_bytes =
@@ -509,6 +515,13 @@ pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
     }
     kill(rt, &c).await?;
     task::delete(&rt.ctrd, &c.id).await?;
+    if let Some(path) = &c.meta.cgroups_path {
+        let removed =
+            crate::cgroup::remove_leftover(std::path::Path::new(crate::cgroup::ROOT), path);
+        if !removed.is_empty() {
+            tracing::info!(container = %c.id, dirs = removed.len(), "removed the cgroup an interrupted task create left behind");
+        }
+    }
     rt.ctrd.delete_object(&rt.config.snapshotter, &c.id).await?;
     if let Some(log) = c.log.lock().unwrap_or_else(|p| p.into_inner()).take() {
         log.force_close();

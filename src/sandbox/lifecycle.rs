@@ -391,6 +391,16 @@ pub async fn stop(rt: &Runtime, network: &Network, sb: &Sandbox) -> Result<()> {
 /// name. The caller holds `sb.op` and has removed the pod's containers. Idempotent.
 pub async fn remove(rt: &Runtime, sb: &Sandbox) -> Result<()> {
     task::delete(&rt.ctrd, &sb.id).await?;
+    // The path the pause spec was given (the same function wrote it at create).
+    let cgroups_path = rt
+        .config
+        .cgroup_driver
+        .sandbox_cgroups_path(&sb.cgroup_parent(), &sb.id);
+    let removed =
+        crate::cgroup::remove_leftover(std::path::Path::new(crate::cgroup::ROOT), &cgroups_path);
+    if !removed.is_empty() {
+        tracing::info!(sandbox = %sb.id, dirs = removed.len(), "removed the cgroup an interrupted task create left behind");
+    }
     rt.ctrd
         .delete_object(&rt.config.snapshotter, &sb.id)
         .await?;
