@@ -8,7 +8,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use peapod::config::{Cli, Command, Config, ConfigCommand, DEFAULT_CONFIG_TOML};
-use peapod::runtime::Runtime;
+use peapod::pod::Node;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -137,7 +137,8 @@ async fn run(config: Config) -> peapod::error::Result<()> {
         Some(addr) => Some(peapod::server::metrics::bind(addr).await?),
         None => None,
     };
-    let rt = Arc::new(Runtime::new(config)?);
+    let node = Arc::new(Node::new(config)?);
+    let rt = node.rt.clone();
     if let Some(l) = metrics {
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "serving Prometheus metrics at /metrics");
@@ -154,8 +155,8 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     // so Status can say why the runtime is not ready.
     // Before recovery, so no OOM kill reported meanwhile is missed.
     peapod::container::oom::watch(rt.clone());
-    let rec = rt.clone();
-    let mut recovery = tokio::spawn(async move { rec.recover().await });
+    let rec = node.clone();
+    let mut recovery = tokio::spawn(async move { peapod::pod::recover(&rec).await });
     if tokio::time::timeout(std::time::Duration::from_secs(10), &mut recovery)
         .await
         .is_err()
@@ -167,7 +168,7 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     // Graceful shutdown waits for open connections, and kubelet never closes its own:
     // in-flight RPCs get a few seconds after the signal, then peapod exits regardless.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = peapod::server::serve(rt.clone(), streaming, listener, async {
+    let server = peapod::server::serve(node.clone(), streaming, listener, async {
         shutdown_signal().await;
         let _ = tx.send(());
     });

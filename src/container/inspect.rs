@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::Container;
 use crate::runtime::Runtime;
+use crate::store::Container;
 
 /// The `info` map of a verbose ContainerStatus: one key, `info`, holding a JSON object.
 /// What containerd's own record says (snapshot, runtime, spec) is read from it; if that

@@ -9,21 +9,26 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::Sandbox;
+use crate::network::Network;
 use crate::runtime::Runtime;
+use crate::store::Sandbox;
 use crate::task;
 
 /// The `info` map of a verbose PodSandboxStatus: one key, `info`, holding a JSON object.
 /// What containerd's record of the pause container says (image, snapshot, runtime, spec) is
 /// read from it; when that fails, the rest is still reported.
-pub async fn verbose_info(rt: &Runtime, sb: &Sandbox) -> HashMap<String, String> {
+pub async fn verbose_info(
+    rt: &Runtime,
+    network: &Network,
+    sb: &Sandbox,
+) -> HashMap<String, String> {
     let st = sb.state();
     let netns = st
         .netns_path
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let cni_result = rt.network.attachment(&sb.id);
+    let cni_result = network.attachment(&sb.id);
     let mut ips = st.ips.iter();
     let mut v = json!({
         "pid": st.pid,
