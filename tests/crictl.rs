@@ -1,7 +1,8 @@
 //! crictl v1.32.0 (from `../shared/bin`), the Go gRPC client operators debug with, against
 //! the rig's peapod: every crictl command for what peapod implements, with assertions on
-//! crictl's own output (`-o json` where it has one). Streaming commands (exec without -s,
-//! attach, port-forward) are not here.
+//! crictl's own output (`-o json` where it has one), and peapod's metrics endpoint after a
+//! lifecycle crictl drove. Streaming commands (exec without -s, attach, port-forward) are
+//! not here.
 
 mod common;
 #[path = "common/registry.rs"]
@@ -815,4 +816,98 @@ async fn stop_and_remove_of_unknown_ids_succeed() {
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// The metrics endpoint after a pod lifecycle driven by crictl (grpc-go, as kubelet): each
+/// call counted under its method and code, its latency in the histogram, and the objects by
+/// state back to zero once the pod is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_crictl_did() {
+    use common::metrics::{cri_buckets, sample, scrape};
+    let Some(bin) = common::bins::require("metrics_count_what_crictl_did", "crictl") else {
+        return;
+    };
+    let port = common::bins::free_port();
+    let rig = Rig::start_with(vec![
+        "--metrics-address".into(),
+        format!("127.0.0.1:{port}"),
+    ])
+    .await;
+    let crictl = Crictl::new(bin, &rig);
+    let pod_cfg = write_json(&rig, "pod.json", &pod_json(&rig, "scraped"));
+    let c_cfg = write_json(
+        &rig,
+        "c.json",
+        &container_json("web", &until_term("exit 0")),
+    );
+    let pod = crictl.ok(&["runp", &pod_cfg]).trim().to_string();
+    let c = crictl
+        .ok(&["create", &pod, &c_cfg, &pod_cfg])
+        .trim()
+        .to_string();
+    crictl.ok(&["start", &c]);
+    assert_eq!(crictl.ok(&["exec", "-s", &c, "echo", "hi"]).trim(), "hi");
+
+    // While it runs: one pod ready, one container running.
+    let text = scrape(port);
+    let series = |name: &str, state: &str| format!("peapod_{name}{{state=\"{state}\"}}");
+    assert_eq!(
+        sample(&text, &series("pod_sandboxes", "ready")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &series("containers", "running")),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A call that fails, counted under its code as grpc-go names it.
+    let unknown = "e".repeat(64);
+    let r = crictl.run(&["inspectp", &unknown]);
+    assert_ne!(r.code, 0, "inspectp of an unknown pod: {}", r.stdout);
+    crictl.ok(&["stop", &c]);
+    crictl.ok(&["rm", &c]);
+    crictl.ok(&["stopp", &pod]);
+    crictl.ok(&["rmp", &pod]);
+
+    let text = scrape(port);
+    let cri = |method: &str, code: &str| {
+        format!(
+            "peapod_cri_requests_total{{grpc_service=\"runtime.v1.RuntimeService\",\
+             grpc_method=\"{method}\",grpc_code=\"{code}\"}}"
+        )
+    };
+    for method in [
+        "RunPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "ExecSync",
+        "StopContainer",
+        "RemoveContainer",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+    ] {
+        assert_eq!(
+            sample(&text, &cri(method, "OK")),
+            Some(1.0),
+            "{method} OK in\n{text}"
+        );
+        let buckets = cri_buckets(&text, method);
+        assert!(buckets.len() > 10, "{method} buckets: {buckets:?}");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+        assert_eq!(buckets.last(), Some(&1.0), "{method} +Inf bucket");
+    }
+    assert!(
+        sample(&text, &cri("PodSandboxStatus", "NotFound")).is_some_and(|n| n >= 1.0),
+        "PodSandboxStatus NotFound in\n{text}"
+    );
+    assert!(sample(&text, &cri("Version", "OK")).is_some_and(|n| n >= 1.0));
+    assert_eq!(sample(&text, &series("pod_sandboxes", "ready")), Some(0.0));
+    assert_eq!(
+        sample(&text, &series("pod_sandboxes", "notready")),
+        Some(0.0)
+    );
+    assert_eq!(sample(&text, &series("containers", "running")), Some(0.0));
+    assert_eq!(sample(&text, &series("containers", "exited")), Some(0.0));
 }

@@ -6,52 +6,19 @@ mod common;
 #[path = "common/registry.rs"]
 mod registry;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::cri::{config, pod, Client};
+use common::metrics::{cri_buckets, http_get, sample, scrape};
 use common::{bins, oci, Rig};
 use peapod::cri::*;
-
-/// `GET path` over HTTP/1.0 on 127.0.0.1:port: (status code, body).
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
-/// The value of the sample `name{labels}` (labels exactly as written), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 fn cri(method: &str, code: &str) -> String {
     format!(
         r#"peapod_cri_requests_total{{grpc_service="runtime.v1.RuntimeService",grpc_method="{method}",grpc_code="{code}"}}"#
     )
-}
-
-fn scrape(port: u16) -> String {
-    let (code, body) = http_get(port, "/metrics").expect("scrape /metrics");
-    assert_eq!(code, 200, "{body}");
-    body
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,14 +155,7 @@ async fn metrics_count_a_pod_lifecycle() {
             "{method} latency count"
         );
         // Cumulative buckets: non-decreasing, ending at the count.
-        let buckets: Vec<f64> = text
-            .lines()
-            .filter(|l| {
-                l.starts_with("peapod_cri_request_duration_seconds_bucket{")
-                    && l.contains(&format!("grpc_method=\"{method}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
+        let buckets = cri_buckets(&text, method);
         assert!(buckets.len() > 10, "{method} buckets: {buckets:?}");
         assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
         assert_eq!(buckets.last(), Some(&1.0), "{method} +Inf bucket");
