@@ -47,3 +47,34 @@ pub fn cri_buckets(text: &str, method: &str) -> Vec<f64> {
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect()
 }
+
+/// The series of CRI RuntimeService calls to `method` answered with `code` (grpc-go's name).
+pub fn cri(method: &str, code: &str) -> String {
+    format!(
+        "peapod_cri_requests_total{{grpc_service=\"runtime.v1.RuntimeService\",\
+         grpc_method=\"{method}\",grpc_code=\"{code}\"}}"
+    )
+}
+
+/// Asserts that `method` was answered once, OK, and that its latency histogram holds that
+/// one call: count 1, cumulative buckets non-decreasing and ending at 1.
+pub fn assert_answered_once(text: &str, method: &str) {
+    assert_eq!(
+        sample(text, &cri(method, "OK")),
+        Some(1.0),
+        "{method} OK count in\n{text}"
+    );
+    let hist = format!(r#"grpc_service="runtime.v1.RuntimeService",grpc_method="{method}""#);
+    assert_eq!(
+        sample(
+            text,
+            &format!("peapod_cri_request_duration_seconds_count{{{hist}}}")
+        ),
+        Some(1.0),
+        "{method} latency count"
+    );
+    let buckets = cri_buckets(text, method);
+    assert!(buckets.len() > 10, "{method} buckets: {buckets:?}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(buckets.last(), Some(&1.0), "{method} +Inf bucket");
+}
