@@ -505,18 +505,8 @@ async fn socket(path: &Path) -> Finding {
 /// The runtime name a CRI server on `path` reports, None when nothing answers.
 async fn serving_runtime(path: &Path) -> Option<String> {
     use crate::cri::runtime_service_client::RuntimeServiceClient;
-    let p = path.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]")
-        .ok()?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
+    let channel = crate::uds::endpoint(std::time::Duration::from_secs(2))
+        .connect_with_connector(crate::uds::connector(path.to_path_buf()))
         .await
         .ok()?;
     let mut client = RuntimeServiceClient::new(channel);

@@ -20,7 +20,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::{Envelope, Mount};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::Config;
 use crate::containerd_caps::{self, Capabilities, Release};
@@ -46,18 +46,8 @@ impl Containerd {
     /// Builds the channel without dialing: peapod must start (and report RuntimeReady=false)
     /// while containerd is down, and reconnect by itself when it comes back.
     pub fn connect_lazy(socket: &Path, namespace: &str) -> Result<Self> {
-        let path = socket.to_path_buf();
-        let channel = Endpoint::try_from("http://[::]")
-            .map_err(|e| Error::internal(format!("containerd endpoint: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_with_connector_lazy(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }));
+        let channel = crate::uds::endpoint(Duration::from_secs(5))
+            .connect_with_connector_lazy(crate::uds::connector(socket.to_path_buf()));
         Ok(Containerd {
             channel: Observed(channel),
             namespace: namespace.to_string(),

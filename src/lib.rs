@@ -25,6 +25,7 @@ pub mod stdio;
 pub mod store;
 pub mod streaming;
 pub mod task;
+pub mod uds;
 
 /// The CRI v1 API generated from `proto/api.proto`.
 pub mod cri {

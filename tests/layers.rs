@@ -39,6 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "keys",
             "error",
             "id",
+            "uds",
         ],
     ),
 ];

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use peapod::cri::image_service_client::ImageServiceClient;
 use peapod::cri::runtime_service_client::RuntimeServiceClient;
@@ -151,19 +151,9 @@ impl From<tonic::Status> for Failure {
 
 async fn connect(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> {
     let path = PathBuf::from(endpoint.strip_prefix("unix://").unwrap_or(endpoint));
-    let p = path.clone();
-    Endpoint::try_from("http://[::]")
-        .map_err(|e| Failure::Connect(e.to_string()))?
-        .connect_timeout(timeout)
+    peapod::uds::endpoint(timeout)
         .timeout(timeout)
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
+        .connect_with_connector(peapod::uds::connector(path.clone()))
         .await
         .map_err(|e| {
             let cause = std::error::Error::source(&e)
