@@ -1219,11 +1219,32 @@ mod tests {
         assert_eq!(back, spec);
     }
 
-    /// Runs a generated spec with the host's runc (needs root, runc and a static
-    /// /bin/busybox): `cargo test -- --ignored runc_runs_generated_spec`.
+    /// Runs a generated spec with the host's runc, without containerd in between, so a
+    /// spec runc refuses fails here with runc's own message. Needs root, runc and a static
+    /// /bin/busybox (busybox-static); without them it says so, and fails under CI=true.
     #[test]
-    #[ignore]
     fn runc_runs_generated_spec() {
+        // SAFETY: getuid has no preconditions.
+        let root = unsafe { libc::getuid() } == 0;
+        let runc = std::process::Command::new("runc").arg("--version").output();
+        let missing = if !root {
+            Some("needs root".to_string())
+        } else if !runc.is_ok_and(|o| o.status.success()) {
+            Some("runc is not on PATH (apt-get install runc)".to_string())
+        } else if !Path::new("/bin/busybox").is_file() {
+            Some("/bin/busybox is missing (apt-get install busybox-static)".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = missing {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "runc_runs_generated_spec: {why} (CI=true: a missing prerequisite is a failure)"
+            );
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED runc_runs_generated_spec: {why}");
+            return;
+        }
         let tmp = tempfile::tempdir().unwrap();
         let bundle = tmp.path().join("bundle");
         let rootfs = bundle.join("rootfs");
@@ -1259,7 +1280,7 @@ mod tests {
         f.users = UserDb::from_rootfs(&rootfs).unwrap();
         f.sandbox.pid = std::process::id();
         f.sandbox.host_pid = true;
-        f.sandbox.cgroup_parent = "/peapod-spec-test".into();
+        f.sandbox.cgroup_parent = format!("/{}", spec_test_cgroup());
         f.sandbox.hostname_path = Some(files.join("hostname"));
         f.sandbox.hosts_path = Some(files.join("hosts"));
         f.sandbox.resolv_conf_path = Some(files.join("resolv.conf"));
@@ -1332,6 +1353,11 @@ mod tests {
         assert!(stdout.contains(" rw,"), "{stdout}");
     }
 
+    /// The pod cgroup of the runc test: its own per process, so runs side by side never meet.
+    fn spec_test_cgroup() -> String {
+        format!("peapod-spec-test-{}", std::process::id())
+    }
+
     /// Runs `spec` with runc in `bundle`; returns (success, stdout, stderr).
     fn runc_run(tmp: &Path, bundle: &Path, spec: &Spec) -> (bool, String, String) {
         use std::process::Command;
@@ -1355,7 +1381,7 @@ mod tests {
         // runc leaves the (empty) parent cgroups behind.
         if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
             for e in rd.flatten() {
-                let _ = std::fs::remove_dir(e.path().join("peapod-spec-test"));
+                let _ = std::fs::remove_dir(e.path().join(spec_test_cgroup()));
             }
         }
         (
