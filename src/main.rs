@@ -78,6 +78,8 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     // so Status can say why the runtime is not ready.
     // Before recovery, so no OOM kill reported meanwhile is missed.
     peapod::container::oom::watch(rt.clone());
+    // Loads the image index and keeps it current with containerd's image events.
+    peapod::image::index::watch(rt.images.clone());
     let rec = rt.clone();
     let mut recovery = tokio::spawn(async move { rec.recover().await });
     if tokio::time::timeout(std::time::Duration::from_secs(10), &mut recovery)

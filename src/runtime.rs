@@ -67,7 +67,7 @@ impl Runtime {
     pub fn new(config: Config) -> Result<Self> {
         let ctrd = Containerd::connect_lazy(&config.containerd_socket, &config.namespace)?;
         let images = ImageStore::new(ctrd.clone());
-        let puller = Puller::new(ctrd.clone(), &config);
+        let puller = Puller::new(&images, &config);
         let network = Network::new(&config);
         let host = crate::spec::HostInfo::from_config(&config);
         Ok(Runtime {

@@ -2,6 +2,7 @@
 //! RemoveImage and ImageFsInfo. One CRI image is every image record sharing a config digest.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use containerd_client::services::v1::snapshots::{ListSnapshotsRequest, UsageRequest};
 use containerd_client::services::v1::{DeleteImageRequest, PluginsRequest};
@@ -26,43 +27,35 @@ pub struct Inventory<'a> {
 
 /// The records of one image, grouped by id.
 pub struct Group {
-    pub records: Vec<ImageInfo>,
+    pub records: Vec<Arc<ImageInfo>>,
 }
 
 impl Inventory<'_> {
-    /// Finds the image `r` names (tag, digest reference or id) with all its records.
+    /// Finds the image `r` names (tag, digest reference or id) with all its records, from
+    /// the index.
     pub async fn find(&self, r: &str) -> Result<Option<Group>> {
-        let hit = match self.store.find(r).await? {
+        let hit = match self.store.lookup(r).await? {
             Some(h) => Some(h),
             None => self.find_by_repo_digest(r).await?,
         };
         let Some(hit) = hit else { return Ok(None) };
-        let mut records: Vec<ImageInfo> = self
-            .store
-            .list()
-            .await?
-            .into_iter()
-            .filter(|i| i.id == hit.id)
-            .collect();
+        let mut records = self.store.records_of(&hit.id);
         if records.is_empty() {
             records.push(hit);
         }
-        records.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Some(Group { records }))
     }
 
     /// `repo@digest` for an image whose digest record is missing (e.g. imported by ctr).
-    async fn find_by_repo_digest(&self, r: &str) -> Result<Option<ImageInfo>> {
+    async fn find_by_repo_digest(&self, r: &str) -> Result<Option<Arc<ImageInfo>>> {
         if !r.contains('@') || r.starts_with("sha256:") {
             return Ok(None);
         }
         let name = reference::normalize(r)?;
         let (repo, digest) = name.split_once('@').unwrap_or((&name, ""));
-        let repo = reference::repository(repo);
-        Ok(self.store.list().await?.into_iter().find(|i| {
-            reference::repository(&i.name) == repo
-                && (i.target.digest == digest || i.manifest_digest == digest)
-        }))
+        self.store
+            .by_repo_digest(reference::repository(repo), digest)
+            .await
     }
 
     pub async fn list(&self, filter: Option<&str>) -> Result<Vec<cri::Image>> {
@@ -74,13 +67,16 @@ impl Inventory<'_> {
                 .into_iter()
                 .collect());
         }
-        let mut by_id: BTreeMap<String, Vec<ImageInfo>> = BTreeMap::new();
+        let mut by_id: BTreeMap<String, Vec<Arc<ImageInfo>>> = BTreeMap::new();
         for i in self.store.list().await? {
             by_id.entry(i.id.clone()).or_default().push(i);
         }
         Ok(by_id
             .into_values()
-            .map(|records| self.to_cri(&Group { records }))
+            .map(|mut records| {
+                records.sort_by(|a, b| a.name.cmp(&b.name));
+                self.to_cri(&Group { records })
+            })
             .collect())
     }
 
@@ -163,6 +159,8 @@ impl Inventory<'_> {
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => return Err(ctrd(format!("delete image {}", rec.name))(s)),
             }
+            // Now, not when the event comes: the next ImageStatus must not find it.
+            self.store.forget(&rec.name).await;
         }
         tracing::info!(image = %g.records[0].id, records = n, "image removed");
         Ok(())

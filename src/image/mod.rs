@@ -1,9 +1,11 @@
 //! Images: reference normalisation, lookup of images held in containerd's image store,
-//! pulling (registry → content store → snapshots) and the CRI image inventory.
+//! the in-memory index of them, pulling (registry → content store → snapshots) and the CRI
+//! image inventory.
 
 pub mod auth;
 pub mod content;
 pub mod hosts;
+pub mod index;
 pub mod inventory;
 pub mod pull;
 pub mod reference;
