@@ -16,6 +16,10 @@
 //!     at once) with the CPU time each side spends on it;
 //!   * `--large` pods present (`--running` of them running, the rest stopped: a running pod
 //!     costs a shim of ~10 MiB on either side): List*/Status latency and memory;
+//!   * streaming: exec round trip (Exec RPC + SPDY upgrade + `true` run to its exit status)
+//!     and port-forward transfer (PortForward RPC + SPDY upgrade + a 64 MiB HTTP download
+//!     from busybox httpd in a pod), both through peapod's own SPDY client, so no Go client
+//!     start-up is in the figures;
 //!   * churn (peapod only): `--cycles` pod create/start/stop/remove cycles, with peapod's RSS,
 //!     open descriptors, tokio tasks, mounts and state files before and after.
 //!
@@ -740,6 +744,151 @@ impl Side<'_> {
     }
 }
 
+/// Execs per runtime for the exec round trip.
+const EXECS: usize = 30;
+/// Transfers per runtime, and the size of each, for port-forward throughput.
+const TRANSFERS: usize = 5;
+const TRANSFER_BYTES: usize = 64 << 20;
+const WEB_PORT: u16 = 8080;
+const EXEC_ROW: &str = "exec round trip (Exec + `true`)";
+
+fn port_forward_row() -> String {
+    format!("port-forward {} MiB transfer", TRANSFER_BYTES >> 20)
+}
+
+/// A pod with busybox httpd serving a file of TRANSFER_BYTES; returns (pod, container).
+async fn stream_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    rig: &Rig,
+    label: &str,
+) -> Result<(String, String), tonic::Status> {
+    let config = rig.pod_config(&format!("bench-{label}-stream"));
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let mut c = container_config("web");
+    c.command = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mkdir -p /www && head -c {TRANSFER_BYTES} /dev/zero > /www/f && exec httpd -f -p {WEB_PORT} -h /www"
+        ),
+    ];
+    let ctr = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(c),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await?;
+    let start = Instant::now();
+    loop {
+        let r = rt
+            .exec_sync(ExecSyncRequest {
+                container_id: ctr.clone(),
+                cmd: vec!["netstat".into(), "-ltn".into()],
+                timeout: 10,
+            })
+            .await?
+            .into_inner();
+        if String::from_utf8_lossy(&r.stdout).contains(&format!(":{WEB_PORT} ")) {
+            return Ok((pod, ctr));
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(tonic::Status::internal(
+                "httpd did not come up in the bench pod",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn io_status(what: &str) -> impl FnOnce(std::io::Error) -> tonic::Status + '_ {
+    move |e| tonic::Status::internal(format!("{what}: {e}"))
+}
+
+/// Exec round trips and port-forward transfers against one runtime's streaming server.
+async fn streaming(
+    rt: &mut RuntimeServiceClient<Channel>,
+    rig: &Rig,
+    label: &str,
+    r: &mut Results,
+) -> Result<(), tonic::Status> {
+    use peapod::streaming::client;
+    let (pod, ctr) = stream_pod(rt, rig, label).await?;
+    for _ in 0..EXECS {
+        let t = Instant::now();
+        let url = rt
+            .exec(ExecRequest {
+                container_id: ctr.clone(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .url;
+        let (conn, _) = client::connect(&url, &["v4.channel.k8s.io"])
+            .await
+            .map_err(io_status("exec upgrade"))?;
+        let res = client::run_command(&conn, None, false)
+            .await
+            .map_err(io_status("exec"))?;
+        r.add(EXEC_ROW, t.elapsed());
+        if res.exit_code() != Some(0) {
+            return Err(tonic::Status::internal(format!(
+                "exec true: status {}",
+                String::from_utf8_lossy(&res.status)
+            )));
+        }
+    }
+    for _ in 0..TRANSFERS {
+        let t = Instant::now();
+        let url = rt
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![i32::from(WEB_PORT)],
+            })
+            .await?
+            .into_inner()
+            .url;
+        let (conn, _) = client::connect(&url, &["portforward.k8s.io"])
+            .await
+            .map_err(io_status("port-forward upgrade"))?;
+        let (_err, mut data) = client::forward(&conn, WEB_PORT, 0)
+            .await
+            .map_err(io_status("port-forward streams"))?;
+        data.writer
+            .write(bytes::Bytes::from_static(b"GET /f HTTP/1.0\r\n\r\n"))
+            .await
+            .map_err(io_status("port-forward request"))?;
+        let mut got = 0usize;
+        while let Some(b) = data.reader.recv().await {
+            got += b.len();
+        }
+        data.writer.close().await;
+        conn.close().await;
+        r.add(&port_forward_row(), t.elapsed());
+        if got < TRANSFER_BYTES {
+            return Err(tonic::Status::internal(format!(
+                "port-forward moved {got} bytes, expected over {TRANSFER_BYTES}"
+            )));
+        }
+    }
+    common::cri::stop_and_remove_pod(rt, &pod).await
+}
+
 /// The kubelet-like relist load on one runtime: every second, ListPodSandbox +
 /// ListContainers + ListContainerStats, for `secs` seconds.
 async fn relist(mut rt: Rt, secs: u64) -> Res<()> {
@@ -1081,6 +1230,15 @@ async fn run<'a>(
         )
         .await;
     }
+    // After the memory samples, so buffers of the transfers do not count in them.
+    for side in [&mut *pp, &mut *cri] {
+        eprintln!(
+            "bench: {}: {EXECS} exec round trips, {TRANSFERS} port-forward transfers of {} MiB",
+            side.label,
+            TRANSFER_BYTES >> 20
+        );
+        streaming(&mut side.rt, side.rig, side.label, &mut side.r).await?;
+    }
     for side in [&mut *pp, &mut *cri] {
         eprintln!("bench: {}: removing {} pods", side.label, side.pods.len());
         side.remove_all().await;
@@ -1128,6 +1286,8 @@ async fn run<'a>(
             order.push((format!("{rpc}, {n} pods"), "ms"));
         }
     }
+    order.push((EXEC_ROW.into(), "ms"));
+    order.push((port_forward_row(), "ms"));
     order.push((relist_metric.clone(), "s"));
     order.push(("relist CPU, peapod process only (s/min)".into(), "s"));
     order.push(("memory, 0 pods".into(), "MiB"));

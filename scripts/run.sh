@@ -65,7 +65,7 @@ start_containerd() {
     local i
     for i in $(seq 300); do
         if ctr_ version >/dev/null 2>&1; then
-            say "containerd $(ctr_ version 2>/dev/null | awk '/Server:/{s=1} s&&/Version:/{print $2; exit}') is up on $CTRD_SOCK"
+            say "containerd $(ctr_ version 2>/dev/null | awk '/Server:/{s=1} s&&/Version:/&&!p{print $2; p=1}') is up on $CTRD_SOCK"
             return
         fi
         alive "$WORK/containerd.pid" || die "containerd exited; see $WORK/containerd.log:

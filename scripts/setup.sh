@@ -60,10 +60,11 @@ if ! command -v cargo >/dev/null 2>&1; then
         sh /tmp/rustup-init.sh -y --profile minimal
         add_cargo_to_path
     else
-        warn "cargo not found and rustup is unreachable: falling back to Debian's cargo and rustc."
-        warn "Debian 12 ships rustc 1.63, older than peapod's dependencies need; the build will likely fail."
-        warn "Install a current toolchain with rustup (https://rustup.rs) if it does."
-        DEBIAN_FRONTEND=noninteractive apt-get install -y cargo rustc
+        # Debian 12's own rustc and cargo (1.63) are too old for peapod's dependencies;
+        # rustc-web and cargo-web are the toolchain Debian 12 keeps current for building its
+        # browsers (1.85 in bookworm, newer in bookworm-security), as /usr/bin/rustc and cargo.
+        say "cargo not found and rustup is unreachable: installing Debian's rustc-web and cargo-web"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y rustc-web cargo-web
     fi
 fi
 say "toolchain: $(cargo --version), $(rustc --version 2>/dev/null || echo 'rustc ?')"

@@ -20,13 +20,7 @@ rc=${PIPESTATUS[0]}
 set -e
 
 # Sum the per-binary "test result:" lines.
-read -r passed failed ignored < <(awk '/^test result:/ {
-        for (i = 1; i <= NF; i++) {
-            if ($(i+1) ~ /^passed/) p += $i
-            if ($(i+1) ~ /^failed/) f += $i
-            if ($(i+1) ~ /^ignored/) g += $i
-        }
-    } END { print p+0, f+0, g+0 }' "$log")
+read -r passed failed ignored < <(cargo_tally "$log")
 echo
 say "$passed passed, $failed failed, $ignored ignored in $(( $(date +%s) - start ))s"
 if [ "$rc" -ne 0 ]; then

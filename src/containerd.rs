@@ -2,6 +2,7 @@
 //! peapod's namespace (and a lease where the caller holds one).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_client::services::v1::{
@@ -15,6 +16,7 @@ use containerd_client::types::Envelope;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::containerd_caps::{self, Capabilities, Release};
 use crate::error::{ctrd, Error, Result};
 
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
@@ -25,6 +27,8 @@ pub struct Containerd {
     channel: Channel,
     namespace: String,
     socket: PathBuf,
+    /// What the containerd now answering can do, with the identity it was probed for.
+    caps: Arc<tokio::sync::Mutex<Option<(String, Capabilities)>>>,
 }
 
 impl Containerd {
@@ -47,6 +51,7 @@ impl Containerd {
             channel,
             namespace: namespace.to_string(),
             socket: socket.to_path_buf(),
+            caps: Default::default(),
         })
     }
 
@@ -203,9 +208,16 @@ impl Containerd {
 
     /// containerd's version, which doubles as the health check behind RuntimeReady.
     pub async fn version(&self) -> Result<String> {
+        Ok(self.version_and_revision().await?.0)
+    }
+
+    async fn version_and_revision(&self) -> Result<(String, String)> {
         let mut client = self.version_client();
         match tokio::time::timeout(Duration::from_secs(5), client.version(())).await {
-            Ok(Ok(v)) => Ok(v.into_inner().version),
+            Ok(Ok(v)) => {
+                let v = v.into_inner();
+                Ok((v.version, v.revision))
+            }
             Ok(Err(s)) => Err(Error::Unavailable(format!(
                 "containerd at {} is not reachable: {}",
                 self.socket.display(),
@@ -218,18 +230,93 @@ impl Containerd {
         }
     }
 
-    /// True when containerd's own CRI plugin is loaded: two CRI runtimes on one containerd
-    /// fight over the same namespace and CNI, which operators must hear about.
-    pub async fn builtin_cri_enabled(&self) -> Result<bool> {
+    /// What the containerd now answering is and can do (see `containerd_caps`). Probed on
+    /// the first call and again when containerd's identity changes (another version, or a
+    /// restart: a new pid on 1.7+), so an upgrade under a running peapod is seen.
+    pub async fn capabilities(&self) -> Result<Capabilities> {
+        let (version, revision) = self.version_and_revision().await?;
+        // Identity: version plus the daemon's uuid and pid (1.6 reports no pid).
+        let server = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.introspection().server(tonic::Request::new(())),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|r| r.into_inner());
+        let identity = format!(
+            "{version} {revision} {}",
+            server
+                .as_ref()
+                .map(|s| format!("{} {}", s.uuid, s.pid))
+                .unwrap_or_default()
+        );
+        let mut cached = self.caps.lock().await;
+        if let Some((id, caps)) = cached.as_ref() {
+            if *id == identity {
+                return Ok(caps.clone());
+            }
+        }
+        let release = Release::parse(&version);
+        let cri_plugins: Vec<String> = containerd_caps::builtin_cri_plugins(release)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        // containerd answered its version, so it is up: a failed probe is reported, not
+        // cached, and tried again at the next call.
+        let (cri_plugins_loaded, complete) = match self.loaded_plugins(&cri_plugins).await {
+            Ok(l) => (l, server.is_some()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containerd's plugins");
+                (Vec::new(), false)
+            }
+        };
+        let deprecations = if containerd_caps::reports_deprecations(release) {
+            server
+                .map(|s| {
+                    s.deprecations
+                        .into_iter()
+                        .map(|d| (d.id, d.message))
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        let caps = Capabilities {
+            release: release.map(|r| r.to_string()),
+            version,
+            revision,
+            cri_plugins,
+            cri_plugins_loaded,
+            deprecations,
+        };
+        tracing::debug!(%identity, ?caps, complete, "probed containerd");
+        if complete {
+            *cached = Some((identity, caps.clone()));
+        }
+        Ok(caps)
+    }
+
+    /// Which of the plugins `ids` (`type.id`) are loaded without an init error.
+    async fn loaded_plugins(&self, ids: &[String]) -> Result<Vec<String>> {
         let resp = self
             .introspection()
             .plugins(tonic::Request::new(PluginsRequest {
-                filters: vec!["type==io.containerd.grpc.v1,id==cri".into()],
+                filters: Vec::new(),
             }))
             .await
             .map_err(ctrd("introspection plugins"))?
             .into_inner();
-        Ok(resp.plugins.iter().any(|p| p.init_err.is_none()))
+        Ok(ids
+            .iter()
+            .filter(|id| {
+                resp.plugins.iter().any(|p| {
+                    p.init_err.is_none() && format!("{}.{}", p.r#type, p.id) == id.as_str()
+                })
+            })
+            .cloned()
+            .collect())
     }
 }
 

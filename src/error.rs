@@ -21,6 +21,9 @@ pub enum Error {
     /// The caller's credentials were refused (e.g. by a registry).
     #[error("{0}")]
     PermissionDenied(String),
+    /// A bounded resource is full (e.g. streaming tokens in flight).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0} is not implemented by peapod")]
     Unimplemented(&'static str),
     #[error("{0}")]
@@ -99,6 +102,7 @@ impl From<Error> for Status {
             Error::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::PermissionDenied(_) => Status::permission_denied(msg),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
             Error::Unimplemented(_) => Status::unimplemented(msg),
             Error::Internal(_) => Status::internal(msg),
             Error::Containerd { status, .. } => {

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod config;
 pub mod container;
 pub mod containerd;
+pub mod containerd_caps;
 pub mod error;
 pub mod id;
 pub mod image;
@@ -16,6 +17,7 @@ pub mod sandbox;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod streaming;
 pub mod task;
 
 /// The CRI v1 API generated from `proto/api.proto`.

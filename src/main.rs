@@ -58,19 +58,12 @@ fn init_logging(config: &Config) {
 async fn run(config: Config) -> peapod::error::Result<()> {
     let listen = config.listen.clone();
     let listener = peapod::server::bind(&listen).await?;
+    let (streaming, stream_listener) =
+        peapod::streaming::Streaming::bind(&config.stream_address, config.stream_port).await?;
     let rt = Arc::new(Runtime::new(config)?);
-    match rt.ctrd.version().await {
-        Ok(v) => {
-            tracing::info!(version = %v, socket = %rt.ctrd.socket().display(), "connected to containerd")
-        }
+    match rt.ctrd.capabilities().await {
+        Ok(caps) => log_containerd(&caps, rt.ctrd.socket()),
         Err(e) => tracing::warn!("{e}; RuntimeReady stays false until it answers"),
-    }
-    if let Ok(true) = rt.ctrd.builtin_cri_enabled().await {
-        tracing::warn!(
-            "containerd's built-in CRI plugin is enabled on {}: it and peapod would both manage pods \
-             and CNI on this node; disable it (disabled_plugins = [\"io.containerd.grpc.v1.cri\"])",
-            rt.ctrd.socket().display()
-        );
     }
     // The socket is bound (so a second peapod has already been turned away) but not served
     // yet: clients queue until recovery is done, so the first RPCs see the whole index.
@@ -88,11 +81,12 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     {
         tracing::warn!("recovery is waiting for containerd; serving meanwhile");
     }
-    tracing::info!(socket = %listen.display(), namespace = %rt.ctrd.namespace(), "peapod serving CRI v1");
+    streaming.spawn(rt.clone(), stream_listener);
+    tracing::info!(socket = %listen.display(), namespace = %rt.ctrd.namespace(), streaming = %streaming.base_url(), "peapod serving CRI v1");
     // Graceful shutdown waits for open connections, and kubelet never closes its own:
     // in-flight RPCs get a few seconds after the signal, then peapod exits regardless.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = peapod::server::serve(rt.clone(), listener, async {
+    let server = peapod::server::serve(rt.clone(), streaming, listener, async {
         shutdown_signal().await;
         let _ = tx.send(());
     });
@@ -106,6 +100,34 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     let _ = std::fs::remove_file(&listen);
     tracing::info!("peapod stopped");
     result
+}
+
+/// What an operator must hear about the containerd peapod found at start.
+fn log_containerd(caps: &peapod::containerd_caps::Capabilities, socket: &std::path::Path) {
+    use peapod::containerd_caps::disabled_plugins_line;
+    tracing::info!(
+        version = %caps.version,
+        revision = %caps.revision,
+        socket = %socket.display(),
+        "connected to containerd"
+    );
+    let line = disabled_plugins_line(caps.parsed_release());
+    if caps.builtin_cri_serving() {
+        tracing::warn!(
+            "containerd's built-in CRI plugin is enabled on {}: it and peapod would both manage pods \
+             and CNI on this node; disable it ({line})",
+            socket.display()
+        );
+    } else if !caps.cri_plugins_loaded.is_empty() {
+        tracing::info!(
+            plugins = ?caps.cri_plugins_loaded,
+            "containerd's CRI image/runtime plugins are loaded (they serve no CRI, but load \
+             their own config and CNI); to leave them out: {line}"
+        );
+    }
+    for (id, message) in &caps.deprecations {
+        tracing::warn!(id = %id, "containerd reports a deprecation: {message}");
+    }
 }
 
 async fn shutdown_signal() {

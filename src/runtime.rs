@@ -110,10 +110,14 @@ impl Runtime {
     pub async fn status(&self, verbose: bool) -> cri::StatusResponse {
         let mut conditions = Vec::new();
         let mut info = HashMap::new();
-        match self.ctrd.version().await {
-            Ok(v) => {
+        match self.ctrd.capabilities().await {
+            Ok(caps) => {
                 conditions.push(condition("RuntimeReady", true, "", ""));
-                info.insert("containerdVersion".to_string(), v);
+                info.insert("containerdVersion".to_string(), caps.version.clone());
+                // crictl info prints each value parsed as JSON.
+                if let Ok(j) = serde_json::to_string(&caps) {
+                    info.insert("containerd".to_string(), j);
+                }
             }
             Err(e) => conditions.push(condition(
                 "RuntimeReady",

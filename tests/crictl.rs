@@ -170,6 +170,19 @@ async fn runtime_info_and_a_pod_lifecycle() {
             "{t} not true in crictl info: {info}"
         );
     }
+    // ... and the containerd peapod is connected to (the one this run chose).
+    let (bin_version, _) = common::containerd_bin_version();
+    assert_eq!(
+        info["containerdVersion"]
+            .as_str()
+            .map(|v| v.trim_start_matches('v')),
+        Some(bin_version.trim_start_matches('v')),
+        "crictl info: {info}"
+    );
+    assert!(
+        info["containerd"]["release"].is_string(),
+        "crictl info: {info}"
+    );
     let rc = crictl.ok(&["runtime-config"]);
     assert!(rc.contains("CGROUPFS"), "runtime-config: {rc}");
 

@@ -103,6 +103,61 @@ async fn version_status_and_runtime_config() {
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 }
 
+/// Status info (what `crictl info` and `peapodctl info` print) names the containerd peapod is
+/// connected to and what peapod detected about it. .ci/run runs this on every containerd
+/// version, so the detection is checked on each.
+#[tokio::test]
+async fn status_info_names_the_connected_containerd() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let (bin_version, major) = common::containerd_bin_version();
+    let mut rt = rig.runtime_client().await;
+    let s = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let version = s.info.get("containerdVersion").expect("containerdVersion");
+    assert_eq!(
+        version.trim_start_matches('v'),
+        bin_version.trim_start_matches('v'),
+        "Status names another containerd than the one the rig runs"
+    );
+    let caps: serde_json::Value =
+        serde_json::from_str(s.info.get("containerd").expect("containerd info")).unwrap();
+    assert_eq!(caps["version"], version.as_str());
+    let release = caps["release"].as_str().expect("release parsed");
+    assert!(
+        bin_version.trim_start_matches('v').starts_with(release),
+        "{release} vs {bin_version}"
+    );
+    // 2.x splits its CRI into three plugins; the rig disables all of them.
+    let cri = caps["criPlugins"].as_array().unwrap();
+    assert_eq!(cri.len(), if major >= 2 { 3 } else { 1 }, "{caps}");
+    assert_eq!(caps["criPluginsLoaded"], serde_json::json!([]), "{caps}");
+    if major < 2 && release.starts_with("1.6.") {
+        assert_eq!(caps["deprecations"], serde_json::json!({}), "{caps}");
+    }
+
+    // peapodctl info shows the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_peapodctl"))
+        .arg("--endpoint")
+        .arg(&rig.peapod_socket)
+        .arg("info")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("\"containerdVersion\": \"{version}\"")),
+        "{text}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("peapodctl info is JSON");
+    assert_eq!(doc["info"]["containerd"]["version"], version.as_str());
+}
+
 #[tokio::test]
 async fn network_not_ready_without_cni_config() {
     if !common::require_root() {
@@ -218,6 +273,29 @@ async fn warns_when_containerd_builtin_cri_plugin_is_enabled() {
     })
     .await;
     assert!(warned.is_some(), "no warning in:\n{}", rig.peapod_log());
+    // The advice names every CRI plugin of this version (three on 2.x).
+    let (_, major) = common::containerd_bin_version();
+    let line = if major >= 2 {
+        r#"disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]"#
+    } else {
+        r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
+    };
+    assert!(
+        rig.peapod_log().contains(line),
+        "{line} not in:\n{}",
+        rig.peapod_log()
+    );
+    let s = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let caps: serde_json::Value = serde_json::from_str(&s.info["containerd"]).unwrap();
+    assert_eq!(
+        caps["criPluginsLoaded"].as_array().unwrap().len(),
+        if major >= 2 { 3 } else { 1 },
+        "{caps}"
+    );
 
     // With the plugin disabled (the normal rig), no such warning.
     let quiet = Rig::start().await;

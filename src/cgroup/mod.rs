@@ -135,8 +135,8 @@ impl Driver {
 
 /// The type of containerd's runc shim options (`containerd.runc.v1.Options`, from
 /// containerd's `api/types/runc/options/oci.proto`, which the containerd-client crate does
-/// not compile).
-pub const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+/// not compile); its form differs by containerd version, see `containerd_caps`.
+pub use crate::containerd_caps::RUNC_OPTIONS_TYPE_URL;
 
 /// The one field of the runc shim options peapod sets; the tag is the proto's, and unset
 /// fields keep the shim's defaults.

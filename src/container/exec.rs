@@ -28,7 +28,7 @@ use crate::runtime::Runtime;
 pub const OUTPUT_LIMIT: usize = 16 << 20;
 /// After the exec process exits, how long its output may take to reach EOF. A background
 /// child that inherited stdout keeps the FIFO open; the answer must not wait for it forever.
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How long a SIGKILLed exec process may take to be reaped before peapod deletes it anyway.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -76,7 +76,8 @@ pub fn exec_process(spec: &Value, cmd: &[String]) -> Result<Value> {
     Ok(process)
 }
 
-fn fifo_dir(rt: &Runtime) -> std::path::PathBuf {
+/// Where exec processes' FIFOs live (swept at start: no exec outlives its peapod).
+pub fn fifo_dir(rt: &Runtime) -> std::path::PathBuf {
     rt.config.state_dir.join("exec")
 }
 
@@ -200,7 +201,7 @@ async fn start_and_wait(
 
 /// Waits for the exec process's exit code. A broken Wait stream (containerd restarting)
 /// falls back to polling the process status.
-async fn wait_exec(c: &Containerd, id: &str, exec_id: &str) -> Result<i32> {
+pub async fn wait_exec(c: &Containerd, id: &str, exec_id: &str) -> Result<i32> {
     loop {
         let w = c
             .tasks()
@@ -259,7 +260,7 @@ async fn kill_exec(c: &Containerd, id: &str, exec_id: &str) {
     }
 }
 
-async fn delete_process(c: &Containerd, id: &str, exec_id: &str) {
+pub async fn delete_process(c: &Containerd, id: &str, exec_id: &str) {
     let r = c
         .tasks()
         .delete_process(c.req(DeleteProcessRequest {

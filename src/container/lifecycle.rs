@@ -499,6 +499,7 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
                 if let Some(log) = c.log.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     log.force_close();
                 }
+                c.stdin.lock().await.take();
                 monitor::remove_fifos(&rt, &c.id);
                 let msg = e.to_string();
                 c.update(|s| {
@@ -520,9 +521,12 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
 /// FIFOs, the log writer (reading before the shim opens the FIFOs), task create and start.
 async fn start_task(rt: &Runtime, c: &Container) -> Result<u32> {
     let tty = c.config.tty;
-    let io = ContainerIo::create(&rt.fifo_dir(), &c.id, false, tty)?;
+    let io = ContainerIo::create(&rt.fifo_dir(), &c.id, c.config.stdin, tty)?;
     let log = logs::spawn_log_writer(&io, c.meta.log_target(), tty)?;
     *c.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(log));
+    // Open from the start, so the container reads nothing (rather than EOF) until a client
+    // attaches (Kubernetes `stdin`).
+    *c.stdin.lock().await = io.open_stdin()?;
     let rootfs = rt
         .ctrd
         .snapshots()

@@ -218,6 +218,71 @@ pub struct LogHandle {
     done: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     writer: JoinHandle<()>,
+    tee: Arc<Tee>,
+}
+
+/// Live copies of the output for attached clients (CRI Attach): every chunk read from a stream
+/// also goes, unformatted, to each subscriber of that stream, before the next read. Lossless like
+/// the log itself: a subscriber that does not keep up slows the reader (containerd's attach
+/// behaves the same); one that went away is dropped.
+#[derive(Debug, Default)]
+pub struct Tee {
+    inner: std::sync::Mutex<TeeInner>,
+}
+
+#[derive(Debug, Default)]
+struct TeeInner {
+    subscribers: Vec<(Stream, mpsc::Sender<bytes::Bytes>)>,
+    /// Streams that reached EOF (or have no reader, like stderr with a TTY).
+    ended: Vec<Stream>,
+}
+
+/// Chunks queued for one attached client before the container's output waits for it.
+const TEE_QUEUE: usize = 64;
+
+impl Tee {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TeeInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Output of `stream` from now on; the channel closes when the stream ends (at once if it
+    /// already has).
+    pub fn subscribe(&self, stream: Stream) -> mpsc::Receiver<bytes::Bytes> {
+        let (tx, rx) = mpsc::channel(TEE_QUEUE);
+        let mut g = self.lock();
+        if !g.ended.contains(&stream) {
+            g.subscribers.push((stream, tx));
+        }
+        rx
+    }
+
+    async fn send(&self, stream: Stream, data: &[u8]) {
+        let subs: Vec<mpsc::Sender<bytes::Bytes>> = {
+            let g = self.lock();
+            if g.subscribers.is_empty() {
+                return;
+            }
+            g.subscribers
+                .iter()
+                .filter(|(s, _)| *s == stream)
+                .map(|(_, tx)| tx.clone())
+                .collect()
+        };
+        let chunk = bytes::Bytes::copy_from_slice(data);
+        let mut gone = false;
+        for tx in subs {
+            gone |= tx.send(chunk.clone()).await.is_err();
+        }
+        if gone {
+            self.lock().subscribers.retain(|(_, tx)| !tx.is_closed());
+        }
+    }
+
+    fn end(&self, stream: Stream) {
+        let mut g = self.lock();
+        g.ended.push(stream);
+        g.subscribers.retain(|(s, _)| *s != stream);
+    }
 }
 
 impl std::fmt::Debug for Msg {
@@ -295,6 +360,10 @@ pub fn spawn_log_writer_with(
         }
     }
 
+    let tee = Arc::new(Tee::default());
+    if tty {
+        tee.end(Stream::Stderr);
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, done) = watch::channel(false);
@@ -309,6 +378,7 @@ pub fn spawn_log_writer_with(
             buffer_bytes: opts.buffer_bytes.max(1),
             tx: tx.clone(),
             stop: stop_rx.clone(),
+            tee: tee.clone(),
         }));
     }
     let writer = tokio::spawn(write_loop(
@@ -323,6 +393,7 @@ pub fn spawn_log_writer_with(
         done,
         stop,
         writer,
+        tee,
     })
 }
 
@@ -338,6 +409,11 @@ impl LogHandle {
             .map_err(|_| Error::FailedPrecondition("the log writer has stopped".into()))?;
         rx.await
             .map_err(|_| Error::FailedPrecondition("the log writer has stopped".into()))?
+    }
+
+    /// The container's live output, for an attached client (see [`Tee`]).
+    pub fn tee(&self) -> &Arc<Tee> {
+        &self.tee
     }
 
     /// Resolves once both streams reached EOF and everything read is written and flushed.
@@ -385,6 +461,7 @@ struct ReadStream {
     buffer_bytes: usize,
     tx: mpsc::UnboundedSender<Msg>,
     stop: watch::Receiver<bool>,
+    tee: Arc<Tee>,
 }
 
 impl ReadStream {
@@ -429,7 +506,10 @@ async fn read_stream(mut r: ReadStream) {
                 // Take what is already in the pipe, without waiting for more.
                 loop {
                     match r.pipe.try_read(&mut buf) {
-                        Ok(n) if n > 0 => r.queue(&mut splitter, &buf[..n], false).await,
+                        Ok(n) if n > 0 => {
+                            r.tee.send(r.stream, &buf[..n]).await;
+                            r.queue(&mut splitter, &buf[..n], false).await
+                        }
                         _ => break,
                     }
                 }
@@ -440,8 +520,10 @@ async fn read_stream(mut r: ReadStream) {
             r.queue(&mut splitter, &[], true).await;
             break;
         }
+        r.tee.send(r.stream, &buf[..n]).await;
         r.queue(&mut splitter, &buf[..n], false).await;
     }
+    r.tee.end(r.stream);
     let _ = r.tx.send(Msg::Eof);
 }
 
@@ -860,6 +942,74 @@ mod tests {
         );
         io2.remove().unwrap();
         assert!(!io.stdout_path().exists());
+    }
+
+    #[tokio::test]
+    async fn attached_subscribers_get_the_raw_output_and_the_log_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = ContainerIo::create(dir.path(), "a", false, false).unwrap();
+        let log = dir.path().join("a.log");
+        let handle = spawn_log_writer(&io, log.clone(), false).unwrap();
+        let mut out1 = handle.tee().subscribe(Stream::Stdout);
+        let mut out2 = handle.tee().subscribe(Stream::Stdout);
+        let mut err = handle.tee().subscribe(Stream::Stderr);
+        let mut o = shim_writer(io.stdout_path());
+        let mut e = shim_writer(io.stderr_path().unwrap());
+        o.write_all(b"partial").unwrap();
+        e.write_all(b"oops\n").unwrap();
+        let got = |rx: &mut mpsc::Receiver<bytes::Bytes>| {
+            let mut v = Vec::new();
+            while let Ok(b) = rx.try_recv() {
+                v.extend_from_slice(&b);
+            }
+            v
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(got(&mut out1), b"partial");
+        assert_eq!(got(&mut out2), b"partial");
+        assert_eq!(got(&mut err), b"oops\n");
+        // A client that went away does not stop the others.
+        drop(out2);
+        o.write_all(b" line\n").unwrap();
+        drop(o);
+        drop(e);
+        tokio::time::timeout(Duration::from_secs(10), handle.closed())
+            .await
+            .unwrap();
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), out1.recv())
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&b" line\n"[..])
+        );
+        // EOF of the container's output ends every subscription, later ones at once.
+        assert!(out1.recv().await.is_none());
+        assert!(err.recv().await.is_none());
+        assert!(handle
+            .tee()
+            .subscribe(Stream::Stdout)
+            .recv()
+            .await
+            .is_none());
+        let mut lines = lines_of(&log);
+        lines.sort();
+        assert_eq!(lines, vec!["stderr F oops", "stdout F partial line"]);
+    }
+
+    #[tokio::test]
+    async fn a_tty_has_no_stderr_to_attach_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = ContainerIo::create(dir.path(), "t2", false, true).unwrap();
+        let handle = spawn_log_writer(&io, PathBuf::new(), true).unwrap();
+        assert!(handle
+            .tee()
+            .subscribe(Stream::Stderr)
+            .recv()
+            .await
+            .is_none());
+        drop(shim_writer(io.stdout_path()));
+        handle.closed().await;
     }
 
     #[tokio::test]

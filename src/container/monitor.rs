@@ -70,6 +70,7 @@ pub async fn record_exit(rt: &Arc<Runtime>, c: &Arc<Container>, exit: task::Exit
         wait_for_oom_event(c, OOM_EVENT_GRACE).await;
     }
     finish_log(c).await;
+    c.stdin.lock().await.take();
     remove_fifos(rt, &c.id);
     let at = if exit.at_ns == 0 {
         task::now_ns()

@@ -115,6 +115,9 @@ pub struct Container {
     /// The log writer while the container's stdio is attached (shared so ReopenContainerLog
     /// can use it without holding the lock across an await).
     pub log: Mutex<Option<Arc<crate::container::logs::LogHandle>>>,
+    /// The write end of the container's stdin FIFO while it is open (containers created with
+    /// `stdin: true`): attached clients write here; `None` once closed (`stdin_once`) or exited.
+    pub stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
     /// Notified whenever the state changes (exit observers wait on it).
     pub changed: tokio::sync::Notify,
 }
@@ -137,6 +140,7 @@ impl Container {
             state: Mutex::new(state),
             op: tokio::sync::Mutex::new(()),
             log: Mutex::new(None),
+            stdin: tokio::sync::Mutex::new(None),
             changed: tokio::sync::Notify::new(),
         }
     }

@@ -169,4 +169,20 @@ fn reattach_log(rt: &Runtime, c: &Container) {
             tracing::warn!(container = %c.id, error = %e, "cannot re-attach the container's log")
         }
     }
+    // The shim holds its own write end of stdin, so the container did not see EOF while
+    // peapod was away; take the FIFO up again for attached clients.
+    if c.config.stdin {
+        let stdin = ContainerIo::reopen_existing(&rt.fifo_dir(), &c.id, true, tty)
+            .and_then(|io| io.open_stdin());
+        match stdin {
+            Ok(tx) => {
+                if let Ok(mut g) = c.stdin.try_lock() {
+                    *g = tx;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(container = %c.id, error = %e, "cannot re-open the container's stdin")
+            }
+        }
+    }
 }

@@ -120,6 +120,7 @@ fn clone_error(e: &Error) -> Error {
         Error::DeadlineExceeded(m) => Error::DeadlineExceeded(m.clone()),
         Error::Unavailable(m) => Error::Unavailable(m.clone()),
         Error::PermissionDenied(m) => Error::PermissionDenied(m.clone()),
+        Error::ResourceExhausted(m) => Error::ResourceExhausted(m.clone()),
         Error::Unimplemented(m) => Error::Unimplemented(m),
         Error::Internal(m) => Error::Internal(m.clone()),
         Error::Containerd { what, status } => Error::Containerd {

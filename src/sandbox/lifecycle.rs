@@ -476,9 +476,10 @@ pub async fn finish_interrupted_stops(rt: &Runtime) {
         if st.ready || st.pid == 0 {
             continue;
         }
+        // UNKNOWN (the shim did not answer containerd in time) may well be running.
         if !matches!(
             task::state(&rt.ctrd, &sb.id).await,
-            Ok(task::State::Running { .. })
+            Ok(task::State::Running { .. } | task::State::Other(_))
         ) {
             continue;
         }
@@ -537,9 +538,12 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
                 created_at: ctr.created_at.map(task::ts_ns).unwrap_or(0),
                 ..Default::default()
             });
+        // containerd reports UNKNOWN when the shim does not answer within its 2 s state
+        // timeout (a loaded node): the pause may be running, so it is watched as running
+        // (the watcher settles it) rather than declared gone while it keeps its network.
         let running = matches!(
             task::state(&rt.ctrd, &id).await?,
-            task::State::Running { .. }
+            task::State::Running { .. } | task::State::Other(_)
         );
         if !running {
             state.ready = false;

@@ -23,6 +23,8 @@ use crate::runtime::Runtime;
 #[derive(Clone)]
 pub struct Peapod {
     pub rt: Arc<Runtime>,
+    /// Where Exec/Attach/PortForward requests are cached and served.
+    pub streaming: Arc<crate::streaming::Streaming>,
 }
 
 /// Binds the CRI socket. A stale socket file is replaced; a live peapod already serving
@@ -58,10 +60,11 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
 /// DEADLINE_EXCEEDED by [`deadline::Deadline`], where tonic's would say CANCELLED.
 pub async fn serve(
     rt: Arc<Runtime>,
+    streaming: Arc<crate::streaming::Streaming>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    let svc = Peapod { rt };
+    let svc = Peapod { rt, streaming };
     let routes = tonic::service::Routes::new(
         RuntimeServiceServer::new(svc.clone())
             .max_decoding_message_size(16 << 20)

@@ -197,22 +197,34 @@ impl runtime_service_server::RuntimeService for Peapod {
         ))
     }
 
-    async fn exec(&self, _req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        Err(Error::Unimplemented("Exec").into())
+    async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let req = req.into_inner();
+        require_id(&req.container_id, "container_id")?;
+        self.rt.require_recovered()?;
+        let url = self.streaming.exec_url(&self.rt, req)?;
+        Ok(Response::new(ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _req: Request<AttachRequest>,
+        req: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        Err(Error::Unimplemented("Attach").into())
+        let req = req.into_inner();
+        require_id(&req.container_id, "container_id")?;
+        self.rt.require_recovered()?;
+        let url = self.streaming.attach_url(&self.rt, req)?;
+        Ok(Response::new(AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _req: Request<PortForwardRequest>,
+        req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        Err(Error::Unimplemented("PortForward").into())
+        let req = req.into_inner();
+        require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        self.rt.require_recovered()?;
+        let url = self.streaming.port_forward_url(&self.rt, req)?;
+        Ok(Response::new(PortForwardResponse { url }))
     }
 
     async fn container_stats(

@@ -48,8 +48,14 @@ pub struct Rig {
     peapod: Option<Child>,
 }
 
+/// False (the test skips, loudly) without root; in CI (CI=true) a missing prerequisite is a
+/// failure, not a skip.
 pub fn require_root() -> bool {
     if nix_uid() != 0 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "end-to-end tests need root, and CI=true does not skip them"
+        );
         eprintln!("skipping: end-to-end tests need root");
         return false;
     }
@@ -172,22 +178,37 @@ disabled_plugins = [{disabled}]
             state = d.join("containerd-state").display(),
             sock = self.containerd_socket.display(),
             extra = self.containerd_extra_config,
+            // 2.x splits its CRI into three plugins; 1.x ignores the ids it lacks.
             disabled = if self.builtin_cri {
                 ""
             } else {
-                "\"io.containerd.grpc.v1.cri\""
+                r#""io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime""#
             },
         );
         let cfg_path = d.join("containerd.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
+        let containerd = containerd_bin();
+        let mut cmd = Command::new(&containerd);
+        // containerd finds its shim on PATH: the one beside the chosen containerd first.
+        if let Some(dir) = containerd.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut dirs = vec![dir.to_path_buf()];
+            dirs.extend(std::env::split_paths(&path));
+            cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
+        }
+        let child = cmd
             .arg("--config")
             .arg(&cfg_path)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("start containerd (apt-get install containerd)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {} (apt-get install containerd, or set {CONTAINERD_ENV}): {e}",
+                    containerd.display()
+                )
+            });
         self.containerd = Some(child);
         wait_for_socket(
             &self.containerd_socket,
@@ -362,7 +383,7 @@ disabled_plugins = [{disabled}]
     }
 
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
+        Command::new(ctr_bin())
             .arg("--address")
             .arg(&self.containerd_socket)
             .arg("--namespace")
@@ -467,6 +488,50 @@ pub async fn unix_channel(path: &Path) -> Channel {
         }))
         .await
         .unwrap_or_else(|e| panic!("connect to {shown}: {e}"))
+}
+
+/// Chooses the containerd the rig starts (e.g. `target/containerd/2.1.5/bin/containerd`, as
+/// scripts/containerd-versions.sh prepares them); its `ctr` and shim are taken from the same
+/// folder. Unset: Debian's `containerd` on PATH.
+pub const CONTAINERD_ENV: &str = "PEAPOD_TEST_CONTAINERD";
+
+pub fn containerd_bin() -> PathBuf {
+    match std::env::var_os(CONTAINERD_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("containerd"),
+    }
+}
+
+/// The `ctr` beside the chosen containerd, so the client speaks the daemon's own version of
+/// the API, else the one on PATH.
+pub fn ctr_bin() -> PathBuf {
+    let containerd = containerd_bin();
+    match containerd.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && dir.join("ctr").exists() => dir.join("ctr"),
+        _ => PathBuf::from("ctr"),
+    }
+}
+
+/// The version the chosen containerd binary reports (`1.6.20~ds1`, `v2.1.5`), and its major.
+pub fn containerd_bin_version() -> (String, u32) {
+    let out = Command::new(containerd_bin())
+        .arg("--version")
+        .output()
+        .expect("containerd --version");
+    // "containerd github.com/containerd/containerd[/v2] <version> <revision>"
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("containerd --version said {text:?}"))
+        .to_string();
+    let major = v
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("containerd version {v:?}"));
+    (v, major)
 }
 
 /// The peapod binary to run: $PEAPOD_BIN (examples/bench.rs passes the release build),
