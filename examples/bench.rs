@@ -224,9 +224,14 @@ fn container_config(name: &str) -> ContainerConfig {
 }
 
 fn rss_kib(pid: u32) -> f64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of /proc/<pid>/status.
+fn status_kib(pid: u32, field: &str) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
@@ -917,6 +922,13 @@ async fn sample_memory(pp: &mut Side<'_>, cri: &mut Side<'_>, metric: &str) {
             .put(metric, (rss_kib(c2_pid) - rss_kib(c1_pid)) / 1024.0);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    eprintln!(
+        "bench: {metric}: peapod RSS {:.1} MiB (anonymous {:.1}, file-backed {:.1}), {} threads",
+        rss_kib(pp_pid) / 1024.0,
+        status_kib(pp_pid, "RssAnon:") / 1024.0,
+        status_kib(pp_pid, "RssFile:") / 1024.0,
+        status_kib(pp_pid, "Threads:"),
+    );
 }
 
 /// What the churn phase watches in peapod.
