@@ -73,6 +73,8 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     peapod::container::oom::watch(rt.clone());
     // Loads the image index and keeps it current with containerd's image events.
     peapod::image::index::watch(rt.images.clone());
+    // Snapshot usage for ImageFsInfo and the stats RPCs, refreshed in the background.
+    rt.images.usage().spawn();
     let rec = rt.clone();
     let mut recovery = tokio::spawn(async move { rec.recover().await });
     if tokio::time::timeout(std::time::Duration::from_secs(10), &mut recovery)

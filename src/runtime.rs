@@ -66,7 +66,7 @@ impl Unpersisted {
 impl Runtime {
     pub fn new(config: Config) -> Result<Self> {
         let ctrd = Containerd::connect_lazy(&config.containerd_socket, &config.namespace)?;
-        let images = ImageStore::new(ctrd.clone());
+        let images = ImageStore::new(ctrd.clone(), &config.snapshotter);
         let puller = Puller::new(&images, &config);
         let network = Network::new(&config);
         let host = crate::spec::HostInfo::from_config(&config);

@@ -775,6 +775,7 @@ async fn images_added_or_removed_with_ctr_show_without_a_restart() {
 
     // ListImages answers from the index alone, so only containerd's image event can put
     // this image there.
+    let (fs_before, _, _) = fs_used(&mut c).await;
     let img = unique_image(&rig, "evented", "");
     rig.import(&img.layout_tar);
     let seen = common::eventually(Duration::from_secs(10), || {
@@ -784,6 +785,12 @@ async fn images_added_or_removed_with_ctr_show_without_a_restart() {
     })
     .await;
     assert!(seen.is_some(), "imported image never listed");
+    // The event also tells the usage cache that snapshots came.
+    let (fs_after, _, _) = fs_used(&mut c).await;
+    assert!(
+        fs_after > fs_before,
+        "ImageFsInfo {fs_before} -> {fs_after} after ctr import"
+    );
     let s = status(&mut c, "localhost/unique/evented:1").await.unwrap();
     assert_eq!(s.id, img.config_digest);
     assert_eq!(s.repo_tags, vec!["localhost/unique/evented:1".to_string()]);

@@ -4,13 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use containerd_client::services::v1::snapshots::{ListSnapshotsRequest, UsageRequest};
-use containerd_client::services::v1::{DeleteImageRequest, PluginsRequest};
-use tokio_stream::StreamExt;
+use containerd_client::services::v1::DeleteImageRequest;
 
 use crate::containerd::Containerd;
 use crate::cri;
-use crate::error::{ctrd, Error, Result};
+use crate::error::{ctrd, Result};
 use crate::image::reference;
 use crate::image::store::{ImageInfo, ImageStore};
 
@@ -166,54 +164,19 @@ impl Inventory<'_> {
         Ok(())
     }
 
-    /// The snapshotter's usage in peapod's namespace, and its root directory.
+    /// The snapshotter's usage in peapod's namespace (from the usage cache), and its root
+    /// directory.
     pub async fn fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
-        let mountpoint = self.snapshotter_root().await.unwrap_or_default();
-        let mut stream = self
-            .ctrd
-            .snapshots()
-            .list(self.ctrd.req(ListSnapshotsRequest {
-                snapshotter: self.snapshotter.to_string(),
-                filters: vec![],
-            }))
-            .await
-            .map_err(ctrd("list snapshots"))?
-            .into_inner();
-        let mut keys = Vec::new();
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(ctrd("list snapshots"))?;
-            keys.extend(batch.info.into_iter().map(|i| i.name));
-        }
-        let (mut bytes, mut inodes) = (0u64, 0u64);
-        for key in keys {
-            match self
-                .ctrd
-                .snapshots()
-                .usage(self.ctrd.req(UsageRequest {
-                    snapshotter: self.snapshotter.to_string(),
-                    key: key.clone(),
-                }))
-                .await
-            {
-                Ok(u) => {
-                    let u = u.into_inner();
-                    bytes += u.size.max(0) as u64;
-                    inodes += u.inodes.max(0) as u64;
-                }
-                // Removed between list and usage.
-                Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(ctrd(format!("snapshot usage {key}"))(s)),
-            }
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let cache = self.store.usage();
+        let mountpoint = cache.root().await.unwrap_or_default();
+        let total = cache.total().await?;
         let usage = cri::FilesystemUsage {
-            timestamp: now,
+            timestamp: total.at_ns,
             fs_id: Some(cri::FilesystemIdentifier { mountpoint }),
-            used_bytes: Some(cri::UInt64Value { value: bytes }),
-            inodes_used: Some(cri::UInt64Value { value: inodes }),
+            used_bytes: Some(cri::UInt64Value { value: total.bytes }),
+            inodes_used: Some(cri::UInt64Value {
+                value: total.inodes,
+            }),
         };
         Ok(cri::ImageFsInfoResponse {
             image_filesystems: vec![usage.clone()],
@@ -223,22 +186,7 @@ impl Inventory<'_> {
 
     /// The snapshotter's root directory on the host.
     pub async fn snapshotter_root(&self) -> Result<String> {
-        let resp = self
-            .ctrd
-            .introspection()
-            .plugins(tonic::Request::new(PluginsRequest {
-                filters: vec![format!(
-                    "type==io.containerd.snapshotter.v1,id=={}",
-                    self.snapshotter
-                )],
-            }))
-            .await
-            .map_err(ctrd("introspection plugins"))?
-            .into_inner();
-        resp.plugins
-            .into_iter()
-            .find_map(|p| p.exports.get("root").cloned())
-            .ok_or_else(|| Error::not_found(format!("snapshotter {} root", self.snapshotter)))
+        self.store.usage().root().await
     }
 }
 

@@ -1,6 +1,6 @@
 //! Images: reference normalisation, lookup of images held in containerd's image store,
-//! the in-memory index of them, pulling (registry → content store → snapshots) and the CRI
-//! image inventory.
+//! the in-memory index of them, pulling (registry → content store → snapshots), the CRI
+//! image inventory and the snapshotter's disk usage.
 
 pub mod auth;
 pub mod content;
@@ -11,6 +11,7 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod usage;
 
 pub use inventory::Inventory;
 pub use pull::Puller;

@@ -15,6 +15,7 @@ use crate::containerd::Containerd;
 use crate::error::{ctrd, Error, Result};
 use crate::image::index::{Change, Records};
 use crate::image::reference;
+use crate::image::usage::SnapshotUsage;
 
 pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -71,6 +72,7 @@ fn id_prefix(r: &str) -> Option<&str> {
 pub struct ImageStore {
     ctrd: Containerd,
     index: Arc<Shared>,
+    usage: Arc<SnapshotUsage>,
 }
 
 #[derive(Default)]
@@ -84,8 +86,9 @@ struct Shared {
 }
 
 impl ImageStore {
-    pub fn new(ctrd: Containerd) -> Self {
+    pub fn new(ctrd: Containerd, snapshotter: &str) -> Self {
         ImageStore {
+            usage: Arc::new(SnapshotUsage::new(ctrd.clone(), snapshotter)),
             ctrd,
             index: Arc::default(),
         }
@@ -93,6 +96,11 @@ impl ImageStore {
 
     pub fn ctrd(&self) -> &Containerd {
         &self.ctrd
+    }
+
+    /// The snapshotter's disk usage, cached (image layers and containers' writable layers).
+    pub fn usage(&self) -> &Arc<SnapshotUsage> {
+        &self.usage
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
@@ -225,6 +233,7 @@ impl ImageStore {
 
     /// Drops record `name` from the index (it was deleted).
     pub async fn forget(&self, name: &str) {
+        self.usage.mark_stale();
         let _w = self.index.writer.lock().await;
         if self.write().remove(name) {
             tracing::debug!(image = %name, "image record left the index");
@@ -233,12 +242,15 @@ impl ImageStore {
 
     /// Records a record peapod itself just wrote, described from what the pull had at hand.
     pub async fn record(&self, info: ImageInfo) {
+        self.usage.mark_stale();
         let _w = self.index.writer.lock().await;
         self.write().insert(Arc::new(info));
     }
 
     /// Applies one image event.
     pub async fn apply(&self, change: Change) {
+        // An image imported or removed by another client brings or takes snapshots.
+        self.usage.mark_stale();
         match change {
             Change::Refresh(name) => {
                 if let Err(e) = self.refresh(&name).await {
