@@ -1,10 +1,13 @@
 //! The connection to containerd: one lazily (re)connecting channel, and requests stamped with
 //! peapod's namespace (and a lease where the caller holds one).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use containerd_client::services::v1::container::Runtime as CtrRuntime;
+use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
 use containerd_client::services::v1::{
     containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
     events_client::EventsClient, images_client::ImagesClient,
@@ -12,12 +15,17 @@ use containerd_client::services::v1::{
     snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
     version_client::VersionClient, PluginsRequest, SubscribeRequest,
 };
-use containerd_client::types::Envelope;
+use containerd_client::services::v1::{
+    Container as CtrContainer, CreateContainerRequest, ListContainersRequest,
+};
+use containerd_client::types::{Envelope, Mount};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::config::Config;
 use crate::containerd_caps::{self, Capabilities, Release};
 use crate::error::{ctrd, Error, Result};
+use crate::keys::{label, lease_id, type_url};
 
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
 pub const LEASE_HEADER: &str = "containerd-lease";
@@ -320,11 +328,6 @@ impl Containerd {
     }
 }
 
-/// The lease of a sandbox or container peapod creates.
-pub fn lease_id(object_id: &str) -> String {
-    format!("peapod-{object_id}")
-}
-
 fn absent_ok<T>(
     r: std::result::Result<T, tonic::Status>,
     what: impl FnOnce() -> String,
@@ -333,5 +336,108 @@ fn absent_ok<T>(
         Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
         Err(s) => Err(ctrd(what())(s)),
+    }
+}
+
+/// A pause or workload container's record in containerd, as peapod creates it.
+pub struct ContainerRecord<'a> {
+    pub id: &'a str,
+    /// The image it is made from, by name.
+    pub image: &'a str,
+    pub labels: HashMap<String, String>,
+    pub extensions: HashMap<String, prost_types::Any>,
+    /// The OCI runtime spec, as JSON.
+    pub spec: Vec<u8>,
+    pub created_at: prost_types::Timestamp,
+}
+
+/// The containerd objects behind each sandbox and container peapod makes: a lease named
+/// after it, a writable snapshot keyed by its id and held by that lease, and its container
+/// record (the same for pause and workload containers, told apart by the kind label).
+impl Containerd {
+    /// Prepares the object's writable snapshot on `parent` (the image's chain id), held by
+    /// its lease. `what` names the object in errors.
+    pub async fn prepare_snapshot(
+        &self,
+        snapshotter: &str,
+        id: &str,
+        parent: &str,
+        what: &str,
+    ) -> Result<Vec<Mount>> {
+        Ok(self
+            .snapshots()
+            .prepare(self.req_leased(
+                PrepareSnapshotRequest {
+                    snapshotter: snapshotter.to_string(),
+                    key: id.to_string(),
+                    parent: parent.to_string(),
+                    labels: HashMap::new(),
+                },
+                &lease_id(id),
+            ))
+            .await
+            .map_err(ctrd(format!("prepare snapshot for {what} from {parent}")))?
+            .into_inner()
+            .mounts)
+    }
+
+    /// Creates the container record, held by the object's lease, on the runtime (shim) and
+    /// snapshotter of peapod's configuration. `what` names it in errors.
+    pub async fn create_container(
+        &self,
+        config: &Config,
+        new: ContainerRecord<'_>,
+        what: &str,
+    ) -> Result<()> {
+        let container = CtrContainer {
+            id: new.id.to_string(),
+            labels: new.labels,
+            image: new.image.to_string(),
+            runtime: Some(CtrRuntime {
+                name: config.runtime.clone(),
+                options: config.cgroup_driver.runc_options(&config.runtime),
+            }),
+            spec: Some(prost_types::Any {
+                type_url: type_url::SPEC.to_string(),
+                value: new.spec,
+            }),
+            snapshotter: config.snapshotter.clone(),
+            snapshot_key: new.id.to_string(),
+            created_at: Some(new.created_at),
+            updated_at: None,
+            extensions: new.extensions,
+            sandbox: String::new(),
+        };
+        self.containers()
+            .create(self.req_leased(
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+                &lease_id(new.id),
+            ))
+            .await
+            .map_err(ctrd(format!("create containerd container for {what}")))?;
+        Ok(())
+    }
+
+    /// The container records peapod made of one kind (`keys::label::KIND_*`).
+    pub async fn list_containers(&self, kind: &str) -> Result<Vec<CtrContainer>> {
+        Ok(self
+            .containers()
+            .list(self.req(ListContainersRequest {
+                filters: vec![format!("labels.\"{}\"=={kind}", label::KIND)],
+            }))
+            .await
+            .map_err(ctrd(format!("list the {kind} records")))?
+            .into_inner()
+            .containers)
+    }
+
+    /// Deletes the object's container record, snapshot and lease, in that order (its task
+    /// must be gone). What is absent already is fine: removal is idempotent.
+    pub async fn delete_object(&self, snapshotter: &str, id: &str) -> Result<()> {
+        self.delete_container(id).await?;
+        self.remove_snapshot(snapshotter, id).await?;
+        self.delete_lease(id).await
     }
 }

@@ -95,11 +95,9 @@ pub fn exit_code_survives_restart(release: Option<Release>) -> bool {
     release.is_some_and(|r| (r.major, r.minor) < (1, 7))
 }
 
-/// Type URL of the runc shim's options (`cgroup::Driver::runc_options` builds them). The shim
-/// decodes them at its start even when they are empty. 1.6 resolves an `Any` through gogo's registry, which knows the bare message
-/// name only: `types.googleapis.com/containerd.runc.v1.Options` fails every task create
-/// there ("failed to start shim: ... type with url ...: not found"); 1.7 and 2.x take both.
-pub const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+/// Type URL of the runc shim's options (`cgroup::Driver::runc_options` builds them), in the
+/// bare form every containerd version takes ([`crate::keys::type_url::RUNC_OPTIONS`]).
+pub use crate::keys::type_url::RUNC_OPTIONS as RUNC_OPTIONS_TYPE_URL;
 
 /// What peapod found out about the containerd it is connected to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

@@ -62,6 +62,11 @@ impl Error {
     }
 }
 
+/// An OCI spec builder's refusal: peapod built something the spec does not allow.
+pub fn oci_err(e: oci_spec::OciSpecError) -> Error {
+    Error::internal(format!("building OCI spec: {e}"))
+}
+
 /// Wraps a containerd status with the call it came from.
 pub fn ctrd(what: impl Into<String>) -> impl FnOnce(Status) -> Error {
     let what = what.into();

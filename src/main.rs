@@ -7,7 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use peapod::config::{Cli, Config};
-use peapod::runtime::Runtime;
+use peapod::pod::Node;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,7 +60,8 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     let listener = peapod::server::bind(&listen).await?;
     let (streaming, stream_listener) =
         peapod::streaming::Streaming::bind(&config.stream_address, config.stream_port).await?;
-    let rt = Arc::new(Runtime::new(config)?);
+    let node = Arc::new(Node::new(config)?);
+    let rt = node.rt.clone();
     match rt.ctrd.capabilities().await {
         Ok(caps) => log_containerd(&caps, rt.ctrd.socket()),
         Err(e) => tracing::warn!("{e}; RuntimeReady stays false until it answers"),
@@ -72,11 +73,11 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     // Before recovery, so no OOM kill reported meanwhile is missed.
     peapod::container::oom::watch(rt.clone());
     // Loads the image index and keeps it current with containerd's image events.
-    peapod::image::index::watch(rt.images.clone());
+    peapod::image::watch::watch(node.images.clone());
     // Snapshot usage for ImageFsInfo and the stats RPCs, refreshed in the background.
-    rt.images.usage().spawn();
-    let rec = rt.clone();
-    let mut recovery = tokio::spawn(async move { rec.recover().await });
+    node.images.usage().spawn();
+    let rec = node.clone();
+    let mut recovery = tokio::spawn(async move { peapod::pod::recover(&rec).await });
     if tokio::time::timeout(std::time::Duration::from_secs(10), &mut recovery)
         .await
         .is_err()
@@ -88,7 +89,7 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     // Graceful shutdown waits for open connections, and kubelet never closes its own:
     // in-flight RPCs get a few seconds after the signal, then peapod exits regardless.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = peapod::server::serve(rt.clone(), streaming, listener, async {
+    let server = peapod::server::serve(node.clone(), streaming, listener, async {
         shutdown_signal().await;
         let _ = tx.send(());
     });

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::LinuxResources;
 
-use super::{is_v2, ROOT};
+use super::location::{is_v2, ROOT};
 
 /// Host facts the translation of CRI resources depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::Cgroup;
+use super::location::Cgroup;
 use crate::error::{Error, Result};
 
 /// One reading of a cgroup's counters. Fields the kernel did not offer are `None`.

@@ -16,13 +16,14 @@ use containerd_client::services::v1::{
 use containerd_client::types::v1::Status as TaskStatus;
 use serde_json::Value;
 
-use super::io::{capture, ContainerIo};
-use super::stored_spec::{self, PROCESS_TYPE_URL};
-use super::Phase;
+use super::stored_spec;
 use crate::containerd::Containerd;
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
+use crate::keys::type_url;
 use crate::runtime::Runtime;
+use crate::stdio::{capture, ContainerIo};
+use crate::store::Phase;
 
 /// Most stdout (and, separately, stderr) kept from one ExecSync, as containerd's CRI plugin.
 pub const OUTPUT_LIMIT: usize = 16 << 20;
@@ -113,7 +114,7 @@ async fn run(
             stderr: paths.stderr,
             terminal: false,
             spec: Some(prost_types::Any {
-                type_url: PROCESS_TYPE_URL.to_string(),
+                type_url: type_url::PROCESS.to_string(),
                 value: process,
             }),
             exec_id: exec_id.clone(),

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use super::{stored_spec, Container};
+use super::stored_spec;
 use crate::runtime::Runtime;
+use crate::store::Container;
 
 /// The `info` map of a verbose ContainerStatus: one key, `info`, holding a JSON object.
 /// The OCI spec is read from containerd; if that fails the rest is still reported.

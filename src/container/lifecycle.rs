@@ -1,5 +1,6 @@
-//! CreateContainer, StartContainer, StopContainer, RemoveContainer and ReopenContainerLog,
-//! and the pod-level hooks StopPodSandbox / RemovePodSandbox call.
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer and ReopenContainerLog of
+//! one container. What involves the pod (its sandbox's other containers, the image a
+//! container is made from) is in [`crate::pod`].
 //!
 //! Concurrency: `Container::op` serialises start, the signalling part of stop, and remove of
 //! one container. Waiting for an exit never holds it: the exit monitor (`monitor`) is the one
@@ -11,30 +12,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_client::services::v1::container::Runtime as CtrRuntime;
-use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest};
-use containerd_client::services::v1::{Container as CtrContainer, CreateContainerRequest};
+use containerd_client::services::v1::snapshots::MountsRequest;
 use prost::Message;
 
 use super::monitor::{self, emit};
-use super::record::ContainerUserIds;
-use super::record::{
-    reserved_name, EXT_CONTAINER_CONFIG, EXT_CONTAINER_META, KIND_CONTAINER, LABEL_SANDBOX_ID,
-    TYPE_CONTAINER_CONFIG, TYPE_CONTAINER_META,
-};
-use super::{io::ContainerIo, logs, Container, ContainerMeta, ContainerState, Phase};
+use crate::containerd::ContainerRecord;
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
+use crate::image::ImageInfo;
+use crate::keys::{extension, label};
 use crate::runtime::Runtime;
-use crate::sandbox::lifecycle::{lease_id, SPEC_TYPE_URL};
-use crate::sandbox::{Sandbox, LABEL_KIND};
-use crate::spec::{self, SandboxInfo};
-use crate::{id, task};
+use crate::signal::{cri_signal_number, parse_signal};
+use crate::spec::{self, HostInfo, SandboxInfo};
+use crate::stdio::{log as logs, ContainerIo};
+use crate::store::{Container, ContainerMeta, ContainerState, ContainerUserIds, Phase, Sandbox};
+use crate::task;
 
-pub use super::recover::recover;
-
-/// containerd label with the reserved name, so recovery restores it without the sandbox.
-pub const LABEL_NAME: &str = "io.peapod.name";
 /// How long a SIGKILLed container may take to be reported exited before the call fails.
 const KILL_LIMIT: Duration = Duration::from_secs(30);
 
@@ -56,7 +49,7 @@ pub fn validate(config: &cri::ContainerConfig) -> Result<()> {
 }
 
 /// The sandbox a container is created in: known and READY.
-fn ready_sandbox(rt: &Runtime, sandbox_id: &str) -> Result<Arc<Sandbox>> {
+pub fn ready_sandbox(rt: &Runtime, sandbox_id: &str) -> Result<Arc<Sandbox>> {
     let sb = rt.sandboxes.get(sandbox_id)?;
     if !sb.is_ready() {
         return Err(Error::FailedPrecondition(format!(
@@ -76,59 +69,52 @@ struct Made {
     state_file: Option<PathBuf>,
 }
 
-pub async fn create(
-    rt: Arc<Runtime>,
-    sandbox_id: String,
-    config: cri::ContainerConfig,
-) -> Result<String> {
-    validate(&config)?;
-    if sandbox_id.is_empty() {
-        return Err(Error::invalid("pod_sandbox_id must not be empty"));
-    }
-    let sb = ready_sandbox(&rt, &sandbox_id)?;
-    let name = reserved_name(&config.metadata.clone().unwrap_or_default(), &sb.metadata());
-    let id = id::generate();
-    let reservation = rt.names.reserve(&name, &id, "container")?;
-    // Creation runs as its own task holding the reservation: a request cancelled by
-    // kubelet's timeout neither stops it halfway nor frees the name while it runs.
-    let h = tokio::spawn(async move {
-        let mut made = Made::default();
-        match create_in(&rt, &sb, &id, &name, config, &mut made).await {
-            Ok(c) => {
-                reservation.keep();
-                emit(&rt, &c, cri::ContainerEventType::ContainerCreatedEvent);
-                Ok(id)
-            }
-            Err(e) => {
-                tracing::warn!(container = %id, error = %e, "CreateContainer failed; undoing");
-                undo(&rt, &id, made).await;
-                Err(e)
-            }
+/// A container to make: its id, reserved name, sandbox (READY), image and config.
+pub struct NewContainer<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub sandbox: &'a Sandbox,
+    pub image: &'a ImageInfo,
+    pub config: cri::ContainerConfig,
+}
+
+/// Makes the container and emits its CREATED event: on failure, everything made so far is
+/// undone before the error is returned.
+pub async fn create(rt: &Arc<Runtime>, host: &HostInfo, new: NewContainer<'_>) -> Result<()> {
+    let id = new.id;
+    let mut made = Made::default();
+    match create_in(rt, host, new, &mut made).await {
+        Ok(c) => {
+            emit(rt, &c, cri::ContainerEventType::ContainerCreatedEvent);
+            Ok(())
         }
-    });
-    h.await
-        .map_err(|e| Error::internal(format!("CreateContainer task failed: {e}")))?
+        Err(e) => {
+            tracing::warn!(container = %id, error = %e, "CreateContainer failed; undoing");
+            undo(rt, id, made).await;
+            Err(e)
+        }
+    }
 }
 
 async fn create_in(
     rt: &Arc<Runtime>,
-    sb: &Sandbox,
-    id: &str,
-    name: &str,
-    config: cri::ContainerConfig,
+    host: &HostInfo,
+    new: NewContainer<'_>,
     made: &mut Made,
 ) -> Result<Arc<Container>> {
+    let NewContainer {
+        id,
+        name,
+        sandbox: sb,
+        image,
+        config,
+    } = new;
     let c = &rt.ctrd;
     let image_name = config
         .image
         .as_ref()
         .map(|i| i.image.clone())
         .unwrap_or_default();
-    let image = rt.images.find(&image_name).await?.ok_or_else(|| {
-        Error::not_found(format!(
-            "image {image_name:?} is not present; pull it first"
-        ))
-    })?;
     let image_stop_signal = image
         .config
         .config()
@@ -169,28 +155,14 @@ async fn create_in(
 
     c.create_lease(id).await?;
     made.lease = true;
+    let what = format!("container {id}");
     let mounts = c
-        .snapshots()
-        .prepare(c.req_leased(
-            PrepareSnapshotRequest {
-                snapshotter: rt.config.snapshotter.clone(),
-                key: id.to_string(),
-                parent: image.chain_id.clone(),
-                labels: HashMap::new(),
-            },
-            &lease_id(id),
-        ))
-        .await
-        .map_err(ctrd(format!(
-            "prepare snapshot for container {id} from {}",
-            image.chain_id
-        )))?
-        .into_inner()
-        .mounts;
+        .prepare_snapshot(&rt.config.snapshotter, id, &image.chain_id, &what)
+        .await?;
     made.snapshot = true;
 
     // The user database of the image, from the container's own (still empty) snapshot.
-    let tmp = rootfs_views_dir(rt);
+    let tmp = super::rootfs::views_dir(rt);
     let view_id = id.to_string();
     let users =
         tokio::task::spawn_blocking(move || super::rootfs::read_user_db(&mounts, &tmp, &view_id))
@@ -207,7 +179,7 @@ async fn create_in(
         users: &users,
         sandbox: &sandbox,
         target_pid,
-        host: &rt.host,
+        host,
     })?;
     // The identity the first process starts with, for ContainerStatus.user (kubelet shows
     // it in the pod status when supplemental groups policy is supported, as peapod says).
@@ -225,57 +197,39 @@ async fn create_in(
         serde_json::to_vec(&meta).map_err(|e| Error::internal(format!("encode meta: {e}")))?;
 
     let labels = HashMap::from([
-        (LABEL_KIND.to_string(), KIND_CONTAINER.to_string()),
-        (LABEL_SANDBOX_ID.to_string(), sb.id.clone()),
-        (LABEL_NAME.to_string(), name.to_string()),
+        (label::KIND.to_string(), label::KIND_CONTAINER.to_string()),
+        (label::SANDBOX_ID.to_string(), sb.id.clone()),
+        (label::NAME.to_string(), name.to_string()),
     ]);
     let extensions = HashMap::from([
         (
-            EXT_CONTAINER_CONFIG.to_string(),
+            extension::CONTAINER_CONFIG.to_string(),
             prost_types::Any {
-                type_url: TYPE_CONTAINER_CONFIG.to_string(),
+                type_url: extension::CONTAINER_CONFIG_TYPE.to_string(),
                 value: config.encode_to_vec(),
             },
         ),
         (
-            EXT_CONTAINER_META.to_string(),
+            extension::CONTAINER_META.to_string(),
             prost_types::Any {
-                type_url: TYPE_CONTAINER_META.to_string(),
+                type_url: extension::CONTAINER_META_TYPE.to_string(),
                 value: meta_bytes,
             },
         ),
     ]);
+    let record = ContainerRecord {
+        id,
+        image: &image.name,
+        labels,
+        extensions,
+        spec: spec_bytes,
+        created_at: task::ns_to_ts(meta.created_at),
+    };
     // Counted as made before the call: a failed answer (a response too large to decode, a
     // broken connection) does not mean containerd did not create it, and the delete in
     // the undo is idempotent.
     made.container = true;
-    c.containers()
-        .create(c.req_leased(
-            CreateContainerRequest {
-                container: Some(CtrContainer {
-                    id: id.to_string(),
-                    labels,
-                    image: image.name.clone(),
-                    runtime: Some(CtrRuntime {
-                        name: rt.config.runtime.clone(),
-                        options: rt.host.cgroup_driver.runc_options(&rt.config.runtime),
-                    }),
-                    spec: Some(prost_types::Any {
-                        type_url: SPEC_TYPE_URL.to_string(),
-                        value: spec_bytes,
-                    }),
-                    snapshotter: rt.config.snapshotter.clone(),
-                    snapshot_key: id.to_string(),
-                    created_at: Some(task::ns_to_ts(meta.created_at)),
-                    updated_at: None,
-                    extensions,
-                    sandbox: String::new(),
-                }),
-            },
-            &lease_id(id),
-        ))
-        .await
-        .map_err(ctrd(format!("create container {id}")))?;
+    c.create_container(&rt.config, record, &what).await?;
 
     let ctr = Arc::new(Container::new(
         id.to_string(),
@@ -290,11 +244,6 @@ async fn create_in(
     rt.containers.insert(ctr.clone());
     tracing::info!(container = %id, name, sandbox = %sb.id, "container created");
     Ok(ctr)
-}
-
-/// Where image rootfs views are mounted while CreateContainer reads the image's users.
-pub(super) fn rootfs_views_dir(rt: &Runtime) -> PathBuf {
-    rt.config.state_dir.join("rootfs-views")
 }
 
 /// The image reference kubelet shows: a repo digest when the image was pulled by name,
@@ -382,79 +331,6 @@ async fn undo(rt: &Runtime, id: &str, made: Made) {
     rt.containers.remove(id);
 }
 
-/// Parses a signal as images and users write it: `SIGUSR1`, `USR1` or `10`.
-pub fn parse_signal(s: &str) -> Result<u32> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n)
-            .map(|sig| sig as u32)
-            .map_err(|_| Error::invalid(format!("unknown signal number {n}")));
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    if let Some(n) = realtime_signal(&name) {
-        return Ok(n);
-    }
-    // Old aliases the CRI Signal enum also carries.
-    let name = match name.as_str() {
-        "SIGCLD" => "SIGCHLD",
-        "SIGPOLL" => "SIGIO",
-        "SIGIOT" => "SIGABRT",
-        other => other,
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .map(|sig| sig as u32)
-        .map_err(|_| Error::invalid(format!("unknown signal {s:?}")))
-}
-
-/// SIGRTMIN, SIGRTMIN+n / SIGRTMINPLUSn, SIGRTMAX-n / SIGRTMAXMINUSn, SIGRTMAX.
-fn realtime_signal(name: &str) -> Option<u32> {
-    let min = libc::SIGRTMIN();
-    let max = libc::SIGRTMAX();
-    let offset = |rest: &str| rest.parse::<i32>().ok();
-    let n = if name == "SIGRTMIN" {
-        min
-    } else if name == "SIGRTMAX" {
-        max
-    } else if let Some(r) = name
-        .strip_prefix("SIGRTMINPLUS")
-        .or_else(|| name.strip_prefix("SIGRTMIN+"))
-    {
-        min + offset(r)?
-    } else if let Some(r) = name
-        .strip_prefix("SIGRTMAXMINUS")
-        .or_else(|| name.strip_prefix("SIGRTMAX-"))
-    {
-        max - offset(r)?
-    } else {
-        return None;
-    };
-    (min..=max).contains(&n).then_some(n as u32)
-}
-
-/// The signal a CRI `Signal` value names; RUNTIME_DEFAULT (0) is None.
-pub fn cri_signal_number(v: i32) -> Result<Option<u32>> {
-    if v == 0 {
-        return Ok(None);
-    }
-    let sig = cri::Signal::try_from(v)
-        .map_err(|_| Error::invalid(format!("stop_signal: unknown signal value {v}")))?;
-    parse_signal(sig.as_str_name())
-        .map(Some)
-        .map_err(|e| Error::invalid(format!("stop_signal: {e}")))
-}
-
-/// The CRI `Signal` value of a signal number (the first name the enum gives it).
-pub fn cri_signal_value(n: u32) -> i32 {
-    (1..=65)
-        .find(|&v| matches!(cri_signal_number(v), Ok(Some(x)) if x == n))
-        .unwrap_or(0)
-}
-
 pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
     let c = rt.containers.get(id)?;
     // Its own task, like create: a cancelled request must not leave a task created but
@@ -499,16 +375,14 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
                 if let Some(log) = c.log.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     log.force_close();
                 }
-                c.stdin.lock().await.take();
-                monitor::remove_fifos(&rt, &c.id);
-                let msg = e.to_string();
-                c.update(|s| {
-                    s.phase = Phase::Exited;
-                    s.exit_code = monitor::START_ERROR_EXIT_CODE;
-                    s.finished_at = task::now_ns();
-                    s.reason = "StartError".to_string();
-                    s.message = msg;
-                })?;
+                monitor::record_lost_exit(
+                    &rt,
+                    &c,
+                    monitor::START_ERROR_EXIT_CODE,
+                    "StartError",
+                    e.to_string(),
+                )
+                .await?;
                 emit(&rt, &c, cri::ContainerEventType::ContainerStoppedEvent);
                 Err(e)
             }
@@ -578,19 +452,6 @@ async fn wait_exited(c: &Container, limit: Duration) -> bool {
     }
 }
 
-/// The graceful stop signal: the pod's (CRI stop_signal, kubelet 1.33+), else the image's
-/// STOPSIGNAL recorded at create, else SIGTERM.
-pub fn stop_signal(c: &Container) -> Result<u32> {
-    if let Some(n) = cri_signal_number(c.config.stop_signal)? {
-        return Ok(n);
-    }
-    if c.meta.image_stop_signal.is_empty() {
-        Ok(libc::SIGTERM as u32)
-    } else {
-        parse_signal(&c.meta.image_stop_signal)
-    }
-}
-
 pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
     let Some(c) = rt.containers.find(id)? else {
         return Ok(());
@@ -602,7 +463,7 @@ pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
             return Ok(());
         }
         if timeout_s > 0 && !st.stop_signal_sent {
-            let sig = stop_signal(&c)?;
+            let sig = c.stop_signal()?;
             // Recorded first: a repeated stop (now or after a restart) must not signal again.
             // A failed write must not stop the stop: the exit's record (retried until
             // written) carries the flag to disk later.
@@ -621,7 +482,7 @@ pub async fn stop(rt: &Runtime, id: &str, timeout_s: i64) -> Result<()> {
 }
 
 /// SIGKILL and wait for the exit monitor to record the exit.
-async fn kill(rt: &Runtime, c: &Container) -> Result<()> {
+pub async fn kill(rt: &Runtime, c: &Container) -> Result<()> {
     if c.state().phase != Phase::Running {
         return Ok(());
     }
@@ -648,11 +509,7 @@ pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
     }
     kill(rt, &c).await?;
     task::delete(&rt.ctrd, &c.id).await?;
-    rt.ctrd.delete_container(&c.id).await?;
-    rt.ctrd
-        .remove_snapshot(&rt.config.snapshotter, &c.id)
-        .await?;
-    rt.ctrd.delete_lease(&c.id).await?;
+    rt.ctrd.delete_object(&rt.config.snapshotter, &c.id).await?;
     if let Some(log) = c.log.lock().unwrap_or_else(|p| p.into_inner()).take() {
         log.force_close();
     }
@@ -693,71 +550,9 @@ pub async fn reopen_log(rt: &Runtime, id: &str) -> Result<()> {
     }
 }
 
-/// StopPodSandbox: kubelet has stopped the containers gracefully already, so what still
-/// runs is killed at once.
-pub async fn stop_pod_containers(rt: &Runtime, sandbox_id: &str) -> Result<()> {
-    let all = rt.containers.in_sandbox(sandbox_id);
-    let results = futures::future::join_all(all.iter().map(|c| async move {
-        // Taking the op lock lets a StartContainer already under way finish first, so its
-        // container is killed too rather than left running in a stopped pod.
-        let _g = c.op.lock().await;
-        kill(rt, c).await
-    }))
-    .await;
-    results.into_iter().collect()
-}
-
-pub async fn remove_pod_containers(rt: &Runtime, sandbox_id: &str) -> Result<()> {
-    for c in rt.containers.in_sandbox(sandbox_id) {
-        remove(rt, &c.id).await?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signals_parse_by_name_short_name_and_number() {
-        assert_eq!(parse_signal("SIGUSR1").unwrap(), libc::SIGUSR1 as u32);
-        assert_eq!(parse_signal("usr1").unwrap(), libc::SIGUSR1 as u32);
-        assert_eq!(parse_signal("15").unwrap(), libc::SIGTERM as u32);
-        assert!(matches!(
-            parse_signal("SIGNOPE"),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(parse_signal("99").is_err());
-        assert_eq!(
-            parse_signal("SIGRTMIN+2").unwrap(),
-            libc::SIGRTMIN() as u32 + 2
-        );
-        assert_eq!(parse_signal("SIGCLD").unwrap(), libc::SIGCHLD as u32);
-    }
-
-    #[test]
-    fn cri_signal_enum_maps_to_numbers_and_back() {
-        assert_eq!(cri_signal_number(0).unwrap(), None);
-        let usr2 = cri::Signal::Sigusr2 as i32;
-        assert_eq!(cri_signal_number(usr2).unwrap(), Some(libc::SIGUSR2 as u32));
-        assert_eq!(
-            cri_signal_number(cri::Signal::Sigrtmax as i32).unwrap(),
-            Some(libc::SIGRTMAX() as u32)
-        );
-        assert_eq!(
-            cri_signal_number(cri::Signal::Sigrtmaxminus1 as i32).unwrap(),
-            Some(libc::SIGRTMAX() as u32 - 1)
-        );
-        assert!(cri_signal_number(999).is_err());
-        assert_eq!(
-            cri_signal_value(libc::SIGTERM as u32),
-            cri::Signal::Sigterm as i32
-        );
-        // Every enum value names a signal this host has.
-        for v in 1..=65 {
-            assert!(cri_signal_number(v).unwrap().is_some(), "{v}");
-        }
-    }
 
     #[test]
     fn image_ref_prefers_the_repo_digest() {

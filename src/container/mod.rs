@@ -1,22 +1,16 @@
-//! Workload containers: the record and index (`record`), stdio FIFOs (`io`), the CRI log
-//! writer (`logs`), the lifecycle RPCs (`lifecycle`), exit monitoring and events (`monitor`),
-//! containerd's OOM events (`oom`), recovery after a restart (`recover`), reading the image's
-//! users (`rootfs`), ExecSync (`exec`), resource updates (`update`), stats (`stats`, over
-//! [`crate::cgroup`]), the event stream (`events`) and the verbose status (`inspect`).
+//! Workload containers: the lifecycle RPCs (`lifecycle`), exit monitoring and events
+//! (`monitor`), containerd's OOM events (`oom`), recovery after a restart (`recover`), reading
+//! the image's users (`rootfs`), ExecSync (`exec`), resource updates (`update`), the event
+//! stream (`events`), the verbose status (`inspect`) and the OCI spec containerd keeps
+//! (`stored_spec`). Their records are in [`crate::store`], their stdio in [`crate::stdio`].
 
 pub mod events;
 pub mod exec;
 pub mod inspect;
-pub mod io;
 pub mod lifecycle;
-pub mod logs;
 pub mod monitor;
 pub mod oom;
-pub mod record;
 pub mod recover;
 pub mod rootfs;
-pub mod stats;
 pub mod stored_spec;
 pub mod update;
-
-pub use record::{Container, ContainerMeta, ContainerState, Containers, Phase};

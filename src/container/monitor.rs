@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::stored_spec;
 use crate::cgroup::Cgroup;
-use crate::container::{Container, Phase};
 use crate::cri;
 use crate::runtime::Runtime;
+use crate::store::{Container, Phase};
 use crate::task;
 
 /// How long the exit path waits for the log writer to reach EOF on its own before cutting
@@ -112,6 +112,28 @@ async fn delete_exited_task(rt: &Runtime, c: &Container) {
     }
 }
 
+/// Records that the container ended without a real exit to report (its start failed, or it
+/// vanished while peapod was down): EXITED now with `code`, `reason` and `message`, its stdin
+/// closed and its stdio FIFOs removed.
+pub async fn record_lost_exit(
+    rt: &Runtime,
+    c: &Container,
+    code: i32,
+    reason: &str,
+    message: String,
+) -> crate::error::Result<()> {
+    c.stdin.lock().await.take();
+    remove_fifos(rt, &c.id);
+    c.update(|s| {
+        s.phase = Phase::Exited;
+        s.exit_code = code;
+        s.finished_at = task::now_ns();
+        s.reason = reason.to_string();
+        s.message = message;
+    })
+    .map(|_| ())
+}
+
 /// Retries writing an exit that could not be persisted, with backoff, until it is written
 /// or the container is removed; then deletes the exited task.
 async fn persist_exit_later(rt: Arc<Runtime>, c: Arc<Container>) {
@@ -205,7 +227,7 @@ pub async fn locate_cgroup(rt: &Runtime, id: &str, pid: u32) -> Option<Cgroup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::{ContainerMeta, ContainerState};
+    use crate::store::{ContainerMeta, ContainerState};
 
     #[tokio::test]
     async fn events_carry_the_container_status() {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use prost::Message;
 
-use super::Phase;
 use crate::runtime::Runtime;
+use crate::store::Phase;
 
 /// containerd's topic for OOM events (`runtime.TaskOOMEventTopic`).
 pub const TOPIC: &str = "/tasks/oom";
@@ -86,7 +86,7 @@ pub fn mark(rt: &Runtime, id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::{Container, ContainerMeta, ContainerState};
+    use crate::store::{Container, ContainerMeta, ContainerState};
 
     fn runtime(dir: &std::path::Path) -> Runtime {
         Runtime::new(crate::config::Config {

@@ -5,47 +5,37 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use containerd_client::services::v1::ListContainersRequest;
 use prost::Message;
 
-use super::io::ContainerIo;
-use super::lifecycle::LABEL_NAME;
-use super::record::{state_file, EXT_CONTAINER_CONFIG, EXT_CONTAINER_META, KIND_CONTAINER};
-use super::{logs, monitor, Container, ContainerMeta, ContainerState, Phase};
+use super::monitor;
 use crate::cri;
-use crate::error::{ctrd, Result};
+use crate::error::Result;
+use crate::keys::{extension, label};
 use crate::runtime::Runtime;
-use crate::sandbox::LABEL_KIND;
+use crate::stdio::{log as logs, ContainerIo};
+use crate::store::container::state_file;
+use crate::store::{Container, ContainerMeta, ContainerState, Phase};
 use crate::{id, store, task};
 
 pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
-    let list = rt
-        .ctrd
-        .containers()
-        .list(rt.ctrd.req(ListContainersRequest {
-            filters: vec![format!("labels.\"{LABEL_KIND}\"=={KIND_CONTAINER}")],
-        }))
-        .await
-        .map_err(ctrd("list workload containers"))?
-        .into_inner()
-        .containers;
+    let list = rt.ctrd.list_containers(label::KIND_CONTAINER).await?;
     let mut known = HashSet::new();
     for ctr in list {
         let id = ctr.id.clone();
         known.insert(id.clone());
         let config = ctr
             .extensions
-            .get(EXT_CONTAINER_CONFIG)
+            .get(extension::CONTAINER_CONFIG)
             .map(|a| cri::ContainerConfig::decode(a.value.as_slice()));
         let meta = ctr
             .extensions
-            .get(EXT_CONTAINER_META)
+            .get(extension::CONTAINER_META)
             .map(|a| serde_json::from_slice::<ContainerMeta>(&a.value));
         let (Some(Ok(config)), Some(Ok(meta))) = (config, meta) else {
             tracing::warn!(container = %id, "containerd container lacks a readable config or meta; skipping");
             continue;
         };
-        let name = ctr.labels.get(LABEL_NAME).cloned().unwrap_or_default();
+        let name = ctr.labels.get(label::NAME).cloned().unwrap_or_default();
         let state: ContainerState = store::read_json(&state_file(&rt.config.state_dir, &id))
             .unwrap_or_else(|e| {
                 tracing::warn!(container = %id, error = %e, "unreadable container state");
@@ -72,7 +62,7 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
         tracing::info!(container = %id, phase = ?c.state().phase, "recovered container");
     }
     // Views a crashed CreateContainer left mounted.
-    super::rootfs::clean_views(&super::lifecycle::rootfs_views_dir(rt));
+    super::rootfs::clean_views(&super::rootfs::views_dir(rt));
     // State files without a containerd container: a create that crashed before making it.
     if let Ok(rd) = std::fs::read_dir(rt.config.state_dir.join("containers")) {
         for e in rd.flatten() {
@@ -100,14 +90,14 @@ async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
         task::State::Created { .. } => {
             // peapod died between task create and start: the start is not trusted.
             task::kill_and_delete(&rt.ctrd, &c.id, std::time::Duration::from_secs(10)).await?;
-            monitor::remove_fifos(rt, &c.id);
-            c.update(|s| {
-                s.phase = Phase::Exited;
-                s.exit_code = monitor::START_ERROR_EXIT_CODE;
-                s.finished_at = task::now_ns();
-                s.reason = "StartError".into();
-                s.message = "peapod restarted while the container was starting".into();
-            })?;
+            monitor::record_lost_exit(
+                rt,
+                c,
+                monitor::START_ERROR_EXIT_CODE,
+                "StartError",
+                "peapod restarted while the container was starting".into(),
+            )
+            .await?;
         }
         task::State::Running { .. } | task::State::Other(_) => {
             let pid = match task_state {
@@ -141,14 +131,14 @@ async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
         }
         task::State::Absent => {
             if phase == Phase::Running {
-                monitor::remove_fifos(rt, &c.id);
-                c.update(|s| {
-                    s.phase = Phase::Exited;
-                    s.exit_code = monitor::UNKNOWN_EXIT_CODE;
-                    s.finished_at = task::now_ns();
-                    s.reason = "Unknown".into();
-                    s.message = "container exited while peapod was down".into();
-                })?;
+                monitor::record_lost_exit(
+                    rt,
+                    c,
+                    monitor::UNKNOWN_EXIT_CODE,
+                    "Unknown",
+                    "container exited while peapod was down".into(),
+                )
+                .await?;
             } else {
                 c.update(|_| {})?;
             }

@@ -13,6 +13,7 @@ use containerd_client::types::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::error::{Error, Result};
+use crate::runtime::Runtime;
 use crate::spec::UserDb;
 
 /// Mounts `mounts` on `<tmp_root>/<id>`, reads the user database, and unmounts. Blocking.
@@ -109,6 +110,11 @@ fn parse_options(options: &[String]) -> (MsFlags, String) {
         }
     }
     (flags, data.join(","))
+}
+
+/// Where image rootfs views are mounted while CreateContainer reads the image's users.
+pub fn views_dir(rt: &Runtime) -> std::path::PathBuf {
+    rt.config.state_dir.join("rootfs-views")
 }
 
 #[cfg(test)]

@@ -12,12 +12,6 @@ use serde_json::Value;
 use crate::containerd::Containerd;
 use crate::error::{ctrd, Error, Result};
 
-/// containerd's type URL of an OCI process spec (`ExecProcessRequest.spec`).
-pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
-/// containerd's type URL of OCI `LinuxResources` (`UpdateTaskRequest.resources`).
-pub const RESOURCES_TYPE_URL: &str =
-    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
-
 /// The containerd container record and its spec.
 pub async fn get(c: &Containerd, id: &str) -> Result<(CtrdContainer, Value)> {
     let ctr = c

@@ -7,12 +7,14 @@
 use containerd_client::services::v1::UpdateTaskRequest;
 use serde_json::{Map, Value};
 
-use super::stored_spec::{self, RESOURCES_TYPE_URL};
-use super::Phase;
+use super::stored_spec;
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
+use crate::keys::type_url;
 use crate::runtime::Runtime;
 use crate::spec::resources::enforceable_resources;
+use crate::spec::HostInfo;
+use crate::store::Phase;
 
 /// Sections of OCI `LinuxResources` that are merged field by field: a field the request
 /// leaves at zero ("not set" in CRI) keeps its current value.
@@ -22,6 +24,7 @@ const MERGED: &[&str] = &[
 
 pub async fn update_resources(
     rt: &Runtime,
+    host: &HostInfo,
     req: cri::UpdateContainerResourcesRequest,
 ) -> Result<()> {
     let c = rt.containers.get(&req.container_id)?;
@@ -42,8 +45,8 @@ pub async fn update_resources(
     validate(&linux)?;
     let requested = enforceable_resources(
         Some(&linux),
-        rt.host.cgroup,
-        &rt.host.limits,
+        host.cgroup,
+        &host.limits,
         Vec::new(),
         &format!("container {}", c.id),
     )?;
@@ -83,7 +86,7 @@ pub async fn update_resources(
             .update(rt.ctrd.req(UpdateTaskRequest {
                 container_id: c.id.clone(),
                 resources: Some(prost_types::Any {
-                    type_url: RESOURCES_TYPE_URL.to_string(),
+                    type_url: type_url::LINUX_RESOURCES.to_string(),
                     value,
                 }),
                 annotations: req.annotations,

@@ -12,9 +12,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::containerd::Containerd;
 use crate::error::{ctrd as ctrd_err, Error, Result};
+use crate::keys::gc;
 
-pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
-pub const LABEL_GC_CONFIG: &str = "containerd.io/gc.ref.content.config";
 /// Bytes sent to containerd per Write message.
 const CHUNK: usize = 1 << 20;
 
@@ -23,7 +22,7 @@ pub fn index_labels(manifest_digests: &[String]) -> HashMap<String, String> {
     manifest_digests
         .iter()
         .enumerate()
-        .map(|(i, d)| (format!("containerd.io/gc.ref.content.m.{i}"), d.clone()))
+        .map(|(i, d)| (gc::ref_manifest(i), d.clone()))
         .collect()
 }
 
@@ -32,9 +31,9 @@ pub fn manifest_labels(config: &str, layers: &[String]) -> HashMap<String, Strin
     let mut l: HashMap<String, String> = layers
         .iter()
         .enumerate()
-        .map(|(i, d)| (format!("containerd.io/gc.ref.content.l.{i}"), d.clone()))
+        .map(|(i, d)| (gc::ref_layer(i), d.clone()))
         .collect();
-    l.insert(LABEL_GC_CONFIG.into(), config.to_string());
+    l.insert(gc::REF_CONFIG.into(), config.to_string());
     l
 }
 
@@ -42,28 +41,25 @@ pub fn manifest_labels(config: &str, layers: &[String]) -> HashMap<String, Strin
 pub fn config_labels(snapshotter: &str, chain_id: &str) -> HashMap<String, String> {
     let mut l = HashMap::new();
     if !chain_id.is_empty() {
-        l.insert(
-            format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
-            chain_id.to_string(),
-        );
+        l.insert(gc::ref_snapshot(snapshotter), chain_id.to_string());
     }
     l
 }
 
 pub fn layer_labels(diff_id: &str) -> HashMap<String, String> {
-    HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_id.to_string())])
+    HashMap::from([(gc::UNCOMPRESSED.to_string(), diff_id.to_string())])
 }
 
 /// Creates a lease that expires by itself after a day, should peapod die mid-pull.
 pub async fn create_lease(ctrd: &Containerd, id: &str) -> Result<()> {
     let expire =
-        chrono_like_rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(86400));
+        rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(86400));
     ctrd.leases()
         .create(ctrd.req(CreateRequest {
             id: id.to_string(),
             labels: HashMap::from([
-                ("containerd.io/gc.expire".to_string(), expire),
-                ("io.peapod/pull".to_string(), "true".to_string()),
+                (gc::EXPIRE.to_string(), expire),
+                (gc::PULL_LEASE.to_string(), "true".to_string()),
             ]),
         }))
         .await
@@ -87,34 +83,9 @@ pub async fn delete_lease(ctrd: &Containerd, id: &str, sync: bool) -> Result<()>
     }
 }
 
-fn chrono_like_rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// `t` in RFC 3339 to the second, as containerd's `gc.expire` label wants it.
+fn rfc3339_seconds(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t.max(std::time::UNIX_EPOCH)).to_string()
 }
 
 /// If `digest` is already in the store: adds it to `lease` (so GC cannot take it mid-pull),
@@ -312,12 +283,12 @@ mod tests {
         let l = config_labels("overlayfs", "sha256:chain");
         assert_eq!(l["containerd.io/gc.ref.snapshot.overlayfs"], "sha256:chain");
         assert!(config_labels("overlayfs", "").is_empty());
-        assert_eq!(layer_labels("sha256:d")[LABEL_UNCOMPRESSED], "sha256:d");
+        assert_eq!(layer_labels("sha256:d")[gc::UNCOMPRESSED], "sha256:d");
     }
 
     #[test]
     fn rfc3339() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        assert_eq!(chrono_like_rfc3339(t), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339_seconds(t), "2023-11-14T22:13:20Z");
     }
 }

@@ -6,6 +6,9 @@
 //! order, then the top-level `server` (default `https://<host>`, `https://registry-1.docker.io`
 //! for docker.io). `ca`, `client` and `skip_verify` may be set per host or at the top level
 //! (which applies to `server`); relative paths are relative to the host directory.
+//!
+//! Hand-written on `toml` and `serde`: the layout is containerd's own, and no Rust crate
+//! reads it (the registry crates take their mirrors and certificates from code).
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! described once (platform manifest, config, chain id, size), so ImageStatus, ListImages and
 //! the image lookup of CreateContainer and RunPodSandbox answer without a containerd round
 //! trip. [`super::ImageStore`] loads it at start and keeps it current with peapod's own pulls
-//! and removals; [`watch`] follows containerd's image events, so images added or removed by
+//! and removals; [`super::watch`] follows containerd's image events, so images added or removed by
 //! others (`ctr images import`, `kind load`, `ctr images rm`) show without a restart.
 //!
 //! containerd's CRI plugin keeps the same kind of cache (its image store, fed by its own
@@ -12,12 +12,48 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
+use containerd_client::types::Descriptor;
+use oci_spec::image::ImageConfiguration;
 use prost::Message;
 
-use super::store::{ImageInfo, ImageStore};
 use crate::error::{Error, Result};
+
+/// What peapod needs to know of one image.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    /// The image record's name (a normalised reference).
+    pub name: String,
+    /// The record's target (manifest or index).
+    pub target: Descriptor,
+    /// The platform manifest's digest.
+    pub manifest_digest: String,
+    /// Image id: the config digest.
+    pub id: String,
+    pub config: ImageConfiguration,
+    /// Chain id of the top layer: the committed snapshot a container's rootfs starts from.
+    pub chain_id: String,
+    /// Sum of the manifest, config and layer sizes.
+    pub size: u64,
+    pub labels: HashMap<String, String>,
+}
+
+impl ImageInfo {
+    /// The same image under another record (a tag and its digest record share a target).
+    pub fn renamed(
+        &self,
+        name: String,
+        target: Descriptor,
+        labels: HashMap<String, String>,
+    ) -> Self {
+        ImageInfo {
+            name,
+            target,
+            labels,
+            ..self.clone()
+        }
+    }
+}
 
 /// The image record names and what each describes.
 #[derive(Default)]
@@ -140,80 +176,9 @@ pub fn change_of(topic: &str, payload: &[u8]) -> Option<Change> {
     })
 }
 
-/// containerd's image events in peapod's namespace.
-async fn subscribe(
-    store: &ImageStore,
-) -> Result<tonic::Streaming<containerd_client::types::Envelope>> {
-    use containerd_client::services::v1::SubscribeRequest;
-    let ctrd = store.ctrd();
-    let filter = format!("topic~=\"^/images/\",namespace==\"{}\"", ctrd.namespace());
-    Ok(ctrd
-        .events()
-        .subscribe(tonic::Request::new(SubscribeRequest {
-            filters: vec![filter],
-        }))
-        .await
-        .map_err(crate::error::ctrd("subscribe to image events"))?
-        .into_inner())
-}
-
-/// Follows containerd's image events for as long as peapod runs. Each time the stream is
-/// (re)established the whole index is synchronised with containerd's records, so whatever
-/// changed while containerd was unreachable (or before peapod started) is picked up.
-pub fn watch(store: ImageStore) {
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match subscribe(&store).await {
-                Ok(mut events) => {
-                    // Subscribed first, synchronised second: an event racing the listing is
-                    // still in the stream and applied after it.
-                    match store.sync().await {
-                        Ok(n) => {
-                            delay = Duration::from_millis(200);
-                            tracing::debug!(
-                                records = n,
-                                "image index synchronised; following image events"
-                            );
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot load the image index yet");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                            continue;
-                        }
-                    }
-                    loop {
-                        match events.message().await {
-                            Ok(Some(env)) => {
-                                let Some(any) = env.event else { continue };
-                                match change_of(&env.topic, &any.value) {
-                                    Some(c) => store.apply(c).await,
-                                    None => {
-                                        tracing::debug!(topic = %env.topic, "image event ignored")
-                                    }
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(s) => {
-                                tracing::debug!(error = %s, "containerd's image event stream broke");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot subscribe to image events yet"),
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_client::types::Descriptor;
 
     fn info(name: &str, id: &str, target: &str) -> Arc<ImageInfo> {
         Arc::new(ImageInfo {

@@ -11,9 +11,7 @@ use crate::cri;
 use crate::error::{ctrd, Result};
 use crate::image::reference;
 use crate::image::store::{ImageInfo, ImageStore};
-
-/// Label that marks an image kubelet's garbage collector must keep (as containerd's CRI does).
-pub const LABEL_PINNED: &str = "io.cri-containerd.pinned";
+use crate::keys;
 
 pub struct Inventory<'a> {
     pub ctrd: &'a Containerd,
@@ -85,7 +83,7 @@ impl Inventory<'_> {
         let sandbox = reference::normalize(self.sandbox_image).unwrap_or_default();
         let mut pinned = false;
         for r in &g.records {
-            if r.labels.get(LABEL_PINNED).map(String::as_str) == Some("pinned") {
+            if r.labels.get(keys::image::PINNED).map(String::as_str) == Some("pinned") {
                 pinned = true;
             }
             if r.name.starts_with("sha256:") {

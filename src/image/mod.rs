@@ -12,6 +12,7 @@ pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod usage;
+pub mod watch;
 
 pub use inventory::Inventory;
 pub use pull::Puller;

@@ -36,9 +36,8 @@ use crate::image::hosts;
 use crate::image::reference;
 use crate::image::registry::{Registry, RegistryError};
 use crate::image::store::{self, chain_id, ImageStore};
+use crate::keys;
 
-/// Label containerd's CRI plugin puts on the images it manages; peapod does the same.
-pub const LABEL_MANAGED: &str = "io.cri-containerd.image";
 /// Layers downloaded at once per pull.
 const PARALLEL_LAYERS: usize = 3;
 
@@ -324,7 +323,7 @@ struct Ingests(StdMutex<HashSet<String>>);
 
 impl PullJob {
     async fn run(self) -> Result<String> {
-        let lease = format!("peapod-pull-{}", crate::id::generate());
+        let lease = keys::pull_lease_id(&crate::id::generate());
         content::create_lease(&self.ctrd, &lease).await?;
         let progress = Arc::new(Progress::new());
         let ingests = Ingests::default();
@@ -477,7 +476,7 @@ impl PullJob {
         }
         let top_chain = chain_id(&diff_ids);
         let source = HashMap::from([(
-            format!("containerd.io/distribution.source.{}", self.parsed.registry),
+            keys::gc::distribution_source(&self.parsed.registry),
             self.parsed.repository.clone(),
         )]);
         let with_source = |mut l: HashMap<String, String>| {
@@ -867,7 +866,7 @@ impl PullJob {
     async fn put_image(&self, name: &str, target: &Descriptor) -> Result<HashMap<String, String>> {
         let image = Image {
             name: name.to_string(),
-            labels: HashMap::from([(LABEL_MANAGED.to_string(), "managed".to_string())]),
+            labels: HashMap::from([(keys::image::MANAGED.to_string(), "managed".to_string())]),
             target: Some(target.clone()),
             created_at: None,
             updated_at: None,
@@ -893,7 +892,10 @@ impl PullJob {
                     .update(self.ctrd.req(UpdateImageRequest {
                         image: Some(image),
                         update_mask: Some(prost_types::FieldMask {
-                            paths: vec!["target".into(), format!("labels.{LABEL_MANAGED}")],
+                            paths: vec![
+                                "target".into(),
+                                format!("labels.{}", keys::image::MANAGED),
+                            ],
                         }),
                         source_date_epoch: None,
                     }))
@@ -911,7 +913,7 @@ impl PullJob {
 }
 
 fn ingest_ref(digest: &str) -> String {
-    format!("peapod-pull-{digest}")
+    keys::pull_lease_id(digest)
 }
 
 fn verify(data: &[u8], digest: &str) -> Result<()> {

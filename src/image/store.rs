@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 
 use crate::containerd::Containerd;
 use crate::error::{ctrd, Error, Result};
+pub use crate::image::index::ImageInfo;
 use crate::image::index::{Change, Records};
 use crate::image::reference;
 use crate::image::usage::SnapshotUsage;
@@ -21,37 +22,6 @@ pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-
-/// What peapod needs to know of one image.
-#[derive(Debug, Clone)]
-pub struct ImageInfo {
-    /// The image record's name (a normalised reference).
-    pub name: String,
-    /// The record's target (manifest or index).
-    pub target: Descriptor,
-    /// The platform manifest's digest.
-    pub manifest_digest: String,
-    /// Image id: the config digest.
-    pub id: String,
-    pub config: ImageConfiguration,
-    /// Chain id of the top layer: the committed snapshot a container's rootfs starts from.
-    pub chain_id: String,
-    /// Sum of the manifest, config and layer sizes.
-    pub size: u64,
-    pub labels: HashMap<String, String>,
-}
-
-impl ImageInfo {
-    /// The same image under another record (a tag and its digest record share a target).
-    fn renamed(&self, name: String, target: Descriptor, labels: HashMap<String, String>) -> Self {
-        ImageInfo {
-            name,
-            target,
-            labels,
-            ..self.clone()
-        }
-    }
-}
 
 /// The hex part of an image id or id prefix (`sha256:<hex>`, or 64 bare hex characters);
 /// None for anything else, which is read as a reference.

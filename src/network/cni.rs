@@ -1,5 +1,10 @@
 //! CNI network configuration loading (the CNI spec's conflist, and single-plugin .conf files)
 //! and plugin execution (ADD/DEL over a list).
+//!
+//! Hand-written: the Rust CNI crates are for the other side of the protocol (`cni-plugin`,
+//! `rscni-plugin` write plugins; `rscni-runtime` is only planned), and `rust-cni`, the one
+//! runtime-side port of libcni, is an untested early release whose plugin calls block the
+//! thread. The runtime side is small: JSON on stdin, `CNI_*` variables, one process per plugin.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

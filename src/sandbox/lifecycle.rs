@@ -1,26 +1,28 @@
-//! RunPodSandbox, StopPodSandbox, RemovePodSandbox and recovery after a peapod restart.
+//! Making, stopping and removing one pod sandbox (its pause container, network namespace, CNI
+//! attachment and files), and rebuilding the sandbox index after a peapod restart. The
+//! pod-level RPCs around these (a sandbox's containers, its image) are in [`crate::pod`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_client::services::v1::container::Runtime as CtrRuntime;
-use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
-use containerd_client::services::v1::{Container, CreateContainerRequest, ListContainersRequest};
 use prost::Message;
 
+use crate::containerd::ContainerRecord;
 use crate::cri;
-use crate::error::{ctrd, Error, Result};
-use crate::network::{netns, PodNetworkRequest, PortMapping};
+use crate::error::{Error, Result};
+use crate::image::ImageInfo;
+use crate::keys::{extension, label};
+use crate::network::{netns, Network, PodNetworkRequest, PortMapping};
 use crate::runtime::Runtime;
-use crate::sandbox::{files, reserved_name, spec, Sandbox, SandboxState};
+use crate::sandbox::{files, spec};
+use crate::spec::HostInfo;
+use crate::store::sandbox::{reserved_name, state_file};
+use crate::store::{Sandbox, SandboxState};
 use crate::{id, store, task};
 
-pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const STOP_KILL_LIMIT: Duration = Duration::from_secs(10);
-
-pub use crate::containerd::lease_id;
 
 pub fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
     let m = config
@@ -150,47 +152,49 @@ struct Made {
     task: bool,
 }
 
-pub async fn run(
-    rt: Arc<Runtime>,
-    config: cri::PodSandboxConfig,
-    handler: String,
-) -> Result<String> {
-    validate(&config, &handler)?;
-    let meta = config.metadata.clone().unwrap_or_default();
-    let name = reserved_name(&meta);
-    let id = id::generate();
-    let reservation = rt.names.reserve(&name, &id, "pod sandbox")?;
-    // Creation runs as its own task, holding the reservation: a request cancelled by kubelet's
-    // timeout must neither stop it halfway nor free the name while it still runs.
-    let h = tokio::spawn(async move {
-        let mut made = Made::default();
-        match create(&rt, &id, &name, config, handler, &mut made).await {
-            Ok(()) => {
-                reservation.keep();
-                Ok(id)
-            }
-            Err(e) => {
-                tracing::warn!(sandbox = %id, error = %e, "RunPodSandbox failed; undoing");
-                undo(&rt, &id, made).await;
-                Err(e)
-            }
-        }
-    });
-    h.await
-        .map_err(|e| Error::internal(format!("RunPodSandbox task failed: {e}")))?
+/// A sandbox to make: its id, reserved name, image, config and runtime handler.
+pub struct NewSandbox<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub image: &'a ImageInfo,
+    pub config: cri::PodSandboxConfig,
+    pub handler: String,
 }
 
-async fn create(
+/// Makes the sandbox: on failure, everything made so far is undone before the error is
+/// returned.
+pub async fn create(
     rt: &Arc<Runtime>,
-    id: &str,
-    name: &str,
-    config: cri::PodSandboxConfig,
-    handler: String,
+    network: &Network,
+    host: &HostInfo,
+    new: NewSandbox<'_>,
+) -> Result<()> {
+    let id = new.id;
+    let mut made = Made::default();
+    let res = create_in(rt, network, host, new, &mut made).await;
+    if let Err(e) = &res {
+        tracing::warn!(sandbox = %id, error = %e, "RunPodSandbox failed; undoing");
+        undo(rt, network, id, made).await;
+    }
+    res
+}
+
+async fn create_in(
+    rt: &Arc<Runtime>,
+    network: &Network,
+    host: &HostInfo,
+    new: NewSandbox<'_>,
     made: &mut Made,
 ) -> Result<()> {
+    let NewSandbox {
+        id,
+        name,
+        image,
+        config,
+        handler,
+    } = new;
     let c = &rt.ctrd;
-    let image = sandbox_image(rt).await?;
-    let ns = spec::namespace_options(&config);
+    let ns = crate::spec::sandbox::namespace_options(&config);
     let host_net = ns.network == cri::NamespaceMode::Node as i32;
     let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
     let created_at = task::now_ns();
@@ -224,110 +228,75 @@ async fn create(
         ..Default::default()
     };
     if !host_net {
-        let path = rt.network.create_netns(&netns_name(id))?;
+        let path = network.create_netns(&netns_name(id))?;
         made.netns = Some(path.clone());
         state.netns_path = Some(path.clone());
         // Recorded before CNI ADD: if peapod dies during it, recovery finds the namespace
         // and runs DEL (idempotent), so no IP or veth outlives a crash.
         state.network_attached = true;
-        store::write_json_atomic(&super::state_file(&dir), &state)?;
+        store::write_json_atomic(&state_file(&dir), &state)?;
         let req = network_request(id, &config, path);
         made.network = Some(req.clone());
-        let net = rt.network.setup(&req).await?;
+        let net = network.setup(&req).await?;
         state.ips = net.ips;
         state.network_attached = true;
     }
-    store::write_json_atomic(&super::state_file(&dir), &state)?;
+    store::write_json_atomic(&state_file(&dir), &state)?;
 
+    let what = format!("sandbox {id}");
     let mounts = c
-        .snapshots()
-        .prepare(c.req_leased(
-            PrepareSnapshotRequest {
-                snapshotter: rt.config.snapshotter.clone(),
-                key: id.to_string(),
-                parent: image.chain_id.clone(),
-                labels: HashMap::new(),
-            },
-            &lease_id(id),
-        ))
-        .await
-        .map_err(ctrd(format!(
-            "prepare snapshot for sandbox {id} from {}",
-            image.chain_id
-        )))?
-        .into_inner()
-        .mounts;
+        .prepare_snapshot(&rt.config.snapshotter, id, &image.chain_id, &what)
+        .await?;
     made.snapshot = true;
 
-    let spec = spec::pause_spec(&spec::PauseSpecInput {
+    let spec = crate::spec::sandbox_spec(&crate::spec::SandboxSpecInput {
         id,
         config: &config,
         image: &image.config,
         hostname: &hostname,
         netns: state.netns_path.as_deref(),
-        cgroups_path: rt.host.cgroup_driver.sandbox_cgroups_path(
+        cgroups_path: host.cgroup_driver.sandbox_cgroups_path(
             config
                 .linux
                 .as_ref()
                 .map_or("", |l| l.cgroup_parent.as_str()),
             id,
         ),
-        min_oom_score_adj: spec::own_oom_score_adj(),
+        min_oom_score_adj: host.own_oom_score_adj,
     })?;
     let spec_bytes =
         serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encode spec: {e}")))?;
     let mut labels = HashMap::new();
-    labels.insert(
-        super::LABEL_KIND.to_string(),
-        super::KIND_SANDBOX.to_string(),
-    );
-    labels.insert("io.peapod.name".to_string(), name.to_string());
+    labels.insert(label::KIND.to_string(), label::KIND_SANDBOX.to_string());
+    labels.insert(label::NAME.to_string(), name.to_string());
     let mut extensions = HashMap::new();
     extensions.insert(
-        super::EXT_SANDBOX_CONFIG.to_string(),
+        extension::SANDBOX_CONFIG.to_string(),
         prost_types::Any {
-            type_url: super::TYPE_SANDBOX_CONFIG.to_string(),
+            type_url: extension::SANDBOX_CONFIG_TYPE.to_string(),
             value: config.encode_to_vec(),
         },
     );
+    let record = ContainerRecord {
+        id,
+        image: &image.name,
+        labels,
+        extensions,
+        spec: spec_bytes,
+        created_at: task::ns_to_ts(created_at),
+    };
     // Counted as made before the call: a failed answer (a response too large to decode, a
     // broken connection) does not mean containerd did not create it, and the delete in
     // the undo is idempotent.
     made.container = true;
-    c.containers()
-        .create(c.req_leased(
-            CreateContainerRequest {
-                container: Some(Container {
-                    id: id.to_string(),
-                    labels,
-                    image: image.name.clone(),
-                    runtime: Some(CtrRuntime {
-                        name: rt.config.runtime.clone(),
-                        options: rt.host.cgroup_driver.runc_options(&rt.config.runtime),
-                    }),
-                    spec: Some(prost_types::Any {
-                        type_url: SPEC_TYPE_URL.to_string(),
-                        value: spec_bytes,
-                    }),
-                    snapshotter: rt.config.snapshotter.clone(),
-                    snapshot_key: id.to_string(),
-                    created_at: Some(task::ns_to_ts(created_at)),
-                    updated_at: None,
-                    extensions,
-                    sandbox: String::new(),
-                }),
-            },
-            &lease_id(id),
-        ))
-        .await
-        .map_err(ctrd(format!("create container for sandbox {id}")))?;
+    c.create_container(&rt.config, record, &what).await?;
 
     task::create(c, id, mounts, task::NO_IO).await?;
     made.task = true;
     let pid = task::start(c, id).await?;
     state.pid = pid;
     state.ready = true;
-    store::write_json_atomic(&super::state_file(&dir), &state)?;
+    store::write_json_atomic(&state_file(&dir), &state)?;
 
     let sb = Arc::new(Sandbox::new(
         id.to_string(),
@@ -343,30 +312,8 @@ async fn create(
     Ok(())
 }
 
-/// The configured sandbox image, pulled first if absent, as containerd's CRI plugin does.
-async fn sandbox_image(rt: &Arc<Runtime>) -> Result<crate::image::ImageInfo> {
-    let name = &rt.config.sandbox_image;
-    if let Some(i) = rt.images.find(name).await? {
-        return Ok(i);
-    }
-    tracing::info!(image = %name, "sandbox image absent; pulling it");
-    if let Err(e) = rt.puller.pull(name, None).await {
-        let status: tonic::Status = e.into();
-        return Err(Error::NotFound(format!(
-            "sandbox image {name} is not present in containerd namespace {} and pulling it failed: {}; \
-             pull or import it",
-            rt.ctrd.namespace(),
-            status.message()
-        )));
-    }
-    rt.images
-        .find(name)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("sandbox image {name} vanished after its pull")))
-}
-
 /// Undoes a failed RunPodSandbox, logging (not returning) failures so every step is tried.
-async fn undo(rt: &Runtime, id: &str, made: Made) {
+async fn undo(rt: &Runtime, network: &Network, id: &str, made: Made) {
     let c = &rt.ctrd;
     if made.task {
         if let Err(e) = task::kill_and_delete(c, id, STOP_KILL_LIMIT).await {
@@ -384,7 +331,7 @@ async fn undo(rt: &Runtime, id: &str, made: Made) {
         }
     }
     if let Some(req) = made.network {
-        if let Err(e) = rt.network.teardown(&req).await {
+        if let Err(e) = network.teardown(&req).await {
             tracing::warn!(sandbox = id, error = %e, "undo: CNI teardown");
         }
     }
@@ -416,16 +363,9 @@ pub fn watch_pause(rt: Arc<Runtime>, sb: Arc<Sandbox>) {
     });
 }
 
-pub async fn stop(rt: &Runtime, id: &str) -> Result<()> {
-    let Some(sb) = rt.sandboxes.find(id)? else {
-        return Ok(());
-    };
-    let _g = sb.op.lock().await;
-    stop_locked(rt, &sb).await
-}
-
-async fn stop_locked(rt: &Runtime, sb: &Sandbox) -> Result<()> {
-    rt.stop_pod_containers(&sb.id).await?;
+/// Stops the sandbox: its pause task, its CNI attachment and network namespace, its shm.
+/// The caller holds `sb.op` and has stopped the pod's containers. Idempotent.
+pub async fn stop(rt: &Runtime, network: &Network, sb: &Sandbox) -> Result<()> {
     task::kill_and_delete(&rt.ctrd, &sb.id, STOP_KILL_LIMIT).await?;
     sb.update(|s| s.ready = false)?;
     let st = sb.state();
@@ -435,7 +375,7 @@ async fn stop_locked(rt: &Runtime, sb: &Sandbox) -> Result<()> {
             &sb.config,
             st.netns_path.clone().unwrap_or_default(),
         );
-        rt.network.teardown(&req).await?;
+        network.teardown(&req).await?;
         sb.update(|s| s.network_attached = false)?;
     }
     if let Some(p) = st.netns_path {
@@ -447,47 +387,18 @@ async fn stop_locked(rt: &Runtime, sb: &Sandbox) -> Result<()> {
     Ok(())
 }
 
-pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
-    let Some(sb) = rt.sandboxes.find(id)? else {
-        return Ok(());
-    };
-    let _g = sb.op.lock().await;
-    stop_locked(rt, &sb).await?;
-    rt.remove_pod_containers(&sb.id).await?;
+/// Removes a stopped sandbox: its task, container, snapshot, lease, files, index entry and
+/// name. The caller holds `sb.op` and has removed the pod's containers. Idempotent.
+pub async fn remove(rt: &Runtime, sb: &Sandbox) -> Result<()> {
     task::delete(&rt.ctrd, &sb.id).await?;
-    rt.ctrd.delete_container(&sb.id).await?;
     rt.ctrd
-        .remove_snapshot(&rt.config.snapshotter, &sb.id)
+        .delete_object(&rt.config.snapshotter, &sb.id)
         .await?;
-    rt.ctrd.delete_lease(&sb.id).await?;
     files::remove(&sb.dir)?;
     rt.sandboxes.remove(&sb.id);
     rt.names.release(&sb.name, &sb.id);
     tracing::info!(sandbox = %sb.id, "pod sandbox removed");
     Ok(())
-}
-
-/// After recovery of sandboxes and containers: a sandbox that is not ready but whose pause
-/// task still runs had its StopPodSandbox cut off by a crash; the stop is finished, so a
-/// NOTREADY pod never keeps running processes or network.
-pub async fn finish_interrupted_stops(rt: &Runtime) {
-    for sb in rt.sandboxes.all() {
-        let st = sb.state();
-        if st.ready || st.pid == 0 {
-            continue;
-        }
-        // UNKNOWN (the shim did not answer containerd in time) may well be running.
-        if !matches!(
-            task::state(&rt.ctrd, &sb.id).await,
-            Ok(task::State::Running { .. } | task::State::Other(_))
-        ) {
-            continue;
-        }
-        match stop(rt, &sb.id).await {
-            Ok(()) => tracing::info!(sandbox = %sb.id, "finished a stop a crash interrupted"),
-            Err(e) => tracing::warn!(sandbox = %sb.id, error = %e, "finish an interrupted stop"),
-        }
-    }
 }
 
 /// The pinned network namespace's name: derived from the id, so recovery finds it even when
@@ -498,26 +409,13 @@ fn netns_name(id: &str) -> String {
 
 /// Rebuilds the sandbox index from containerd and the state directory, reconciles each
 /// with its pause task, and cleans up what a crash mid-creation left behind.
-pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
-    let list = rt
-        .ctrd
-        .containers()
-        .list(rt.ctrd.req(ListContainersRequest {
-            filters: vec![format!(
-                "labels.\"{}\"=={}",
-                super::LABEL_KIND,
-                super::KIND_SANDBOX
-            )],
-        }))
-        .await
-        .map_err(ctrd("list sandbox containers"))?
-        .into_inner()
-        .containers;
+pub async fn recover(rt: &Arc<Runtime>, network: &Network) -> Result<()> {
+    let list = rt.ctrd.list_containers(label::KIND_SANDBOX).await?;
     let mut known = std::collections::HashSet::new();
     for ctr in list {
         let id = ctr.id.clone();
         known.insert(id.clone());
-        let Some(cfg_any) = ctr.extensions.get(super::EXT_SANDBOX_CONFIG) else {
+        let Some(cfg_any) = ctr.extensions.get(extension::SANDBOX_CONFIG) else {
             tracing::warn!(sandbox = %id, "containerd container has no sandbox config; skipping");
             continue;
         };
@@ -529,7 +427,7 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
             }
         };
         let dir = rt.sandbox_dir(&id);
-        let mut state: SandboxState = store::read_json(&super::state_file(&dir))
+        let mut state: SandboxState = store::read_json(&state_file(&dir))
             .unwrap_or_else(|e| {
                 tracing::warn!(sandbox = %id, error = %e, "unreadable sandbox state");
                 None
@@ -567,12 +465,18 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
         rt.names.restore(&name, &id);
         rt.sandboxes.insert(sb.clone());
         if running {
-            watch_pause(rt.clone(), sb);
+            watch_pause(rt.clone(), sb.clone());
         }
         if unfinished {
             // A RunPodSandbox cut off by a crash after the containerd container was made:
             // kubelet never got its id, so the pod is removed whole rather than kept half.
-            match remove(rt, &id).await {
+            // (It has no containers: those are recovered after the sandboxes.)
+            let removed = async {
+                let _g = sb.op.lock().await;
+                stop(rt, network, &sb).await?;
+                remove(rt, &sb).await
+            };
+            match removed.await {
                 Ok(()) => {
                     tracing::info!(sandbox = %id, pod = %name, "removed a pod sandbox whose creation was interrupted")
                 }
@@ -593,8 +497,7 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
                 continue;
             }
             let dir = e.path();
-            let st: Option<SandboxState> =
-                store::read_json(&super::state_file(&dir)).ok().flatten();
+            let st: Option<SandboxState> = store::read_json(&state_file(&dir)).ok().flatten();
             // Without a state file the namespace (if the crash came after making it) is
             // still found by its name.
             let netns = st
@@ -602,7 +505,7 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
                 .unwrap_or_else(|| rt.config.netns_dir.join(netns_name(&id)));
             if netns.exists() {
                 let req = network_request(&id, &cri::PodSandboxConfig::default(), netns.clone());
-                if let Err(e) = rt.network.teardown(&req).await {
+                if let Err(e) = network.teardown(&req).await {
                     tracing::warn!(sandbox = %id, error = %e, "orphan CNI teardown");
                 }
                 let _ = netns::remove(&netns);

@@ -25,7 +25,7 @@ impl image_service_server::ImageService for Peapod {
             .as_ref()
             .and_then(|f| f.image.as_ref())
             .map(|s| s.image.as_str());
-        let images = self.rt.inventory().list(filter).await?;
+        let images = self.node.inventory().list(filter).await?;
         Ok(Response::new(ListImagesResponse { images }))
     }
 
@@ -35,7 +35,7 @@ impl image_service_server::ImageService for Peapod {
     ) -> Result<Response<ImageStatusResponse>, Status> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref(), "ImageStatus")?;
-        let inv = self.rt.inventory();
+        let inv = self.node.inventory();
         // An absent image is an empty answer: kubelet then pulls it.
         let resp = match inv.find(&name).await? {
             None => ImageStatusResponse::default(),
@@ -57,7 +57,7 @@ impl image_service_server::ImageService for Peapod {
     ) -> Result<Response<PullImageResponse>, Status> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref(), "PullImage")?;
-        let image_ref = self.rt.puller.pull(&name, req.auth.as_ref()).await?;
+        let image_ref = self.node.puller.pull(&name, req.auth.as_ref()).await?;
         Ok(Response::new(PullImageResponse { image_ref }))
     }
 
@@ -67,7 +67,7 @@ impl image_service_server::ImageService for Peapod {
     ) -> Result<Response<RemoveImageResponse>, Status> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref(), "RemoveImage")?;
-        self.rt.inventory().remove(&name).await?;
+        self.node.inventory().remove(&name).await?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 
@@ -75,6 +75,6 @@ impl image_service_server::ImageService for Peapod {
         &self,
         _req: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        Ok(Response::new(self.rt.inventory().fs_info().await?))
+        Ok(Response::new(self.node.inventory().fs_info().await?))
     }
 }

@@ -3,6 +3,7 @@
 pub mod authority;
 mod deadline;
 mod image_rpc;
+pub mod recovery;
 mod runtime_rpc;
 
 use std::os::unix::fs::PermissionsExt;
@@ -17,14 +18,22 @@ use crate::cri::{
     image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer,
 };
 use crate::error::{Error, Result};
+use crate::pod::Node;
 use crate::runtime::Runtime;
 
-/// The tonic service object: a cheap handle on the shared runtime.
+/// The tonic service object: a cheap handle on the node.
 #[derive(Clone)]
 pub struct Peapod {
-    pub rt: Arc<Runtime>,
+    pub node: Arc<Node>,
     /// Where Exec/Attach/PortForward requests are cached and served.
     pub streaming: Arc<crate::streaming::Streaming>,
+}
+
+impl Peapod {
+    /// The shared context the domain modules work through.
+    pub fn rt(&self) -> &Arc<Runtime> {
+        &self.node.rt
+    }
 }
 
 /// Binds the CRI socket. A stale socket file is replaced; a live peapod already serving
@@ -57,14 +66,16 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
 /// The routes are served on hyper directly rather than through tonic's transport server
 /// for two reasons: each connection goes through [`authority::AuthorityFix`] (kubelet sends
 /// the socket path as `:authority`), and the client's deadline is answered with
-/// DEADLINE_EXCEEDED by [`deadline::Deadline`], where tonic's would say CANCELLED.
+/// DEADLINE_EXCEEDED by [`deadline::Deadline`], where tonic's would say CANCELLED. RPCs that
+/// need the indexes wait for recovery behind [`recovery::Recovered`].
 pub async fn serve(
-    rt: Arc<Runtime>,
+    node: Arc<Node>,
     streaming: Arc<crate::streaming::Streaming>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    let svc = Peapod { rt, streaming };
+    let rt = node.rt.clone();
+    let svc = Peapod { node, streaming };
     let routes = tonic::service::Routes::new(
         RuntimeServiceServer::new(svc.clone())
             .max_decoding_message_size(16 << 20)
@@ -76,7 +87,7 @@ pub async fn serve(
             .max_encoding_message_size(64 << 20),
     )
     .prepare();
-    let service = deadline::Deadline(RpcTrace(routes));
+    let service = deadline::Deadline(RpcTrace(recovery::Recovered { inner: routes, rt }));
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);

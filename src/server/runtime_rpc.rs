@@ -1,14 +1,16 @@
-//! RuntimeService: each RPC validates its request and hands it to the domain module that owns it.
+//! RuntimeService: each RPC validates its request and hands it to the module that owns it:
+//! [`pod`] for what spans a pod's sandbox and containers (and the node-level RPCs),
+//! [`container`] for one container, the records in [`crate::store`] for List and Status.
+//! Recovery is awaited by one layer in front of all of them ([`super::recovery`]).
 
 use tonic::{Request, Response, Status};
 
 use futures::StreamExt;
 
 use crate::container;
-use crate::container::stats;
 use crate::cri::*;
 use crate::error::Error;
-use crate::sandbox;
+use crate::pod;
 use crate::server::Peapod;
 
 /// An id field the RPC cannot do without.
@@ -23,9 +25,9 @@ fn require_id(id: &str, field: &str) -> Result<(), Error> {
 impl runtime_service_server::RuntimeService for Peapod {
     async fn version(
         &self,
-        req: Request<VersionRequest>,
+        _req: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
-        Ok(Response::new(self.version_impl(req.into_inner()).await?))
+        Ok(Response::new(self.node.version()))
     }
 
     async fn run_pod_sandbox(
@@ -36,8 +38,7 @@ impl runtime_service_server::RuntimeService for Peapod {
         let config = req
             .config
             .ok_or_else(|| Error::invalid("RunPodSandbox: config is required"))?;
-        self.rt.require_recovered()?;
-        let id = sandbox::lifecycle::run(self.rt.clone(), config, req.runtime_handler).await?;
+        let id = pod::run_sandbox(&self.node, config, req.runtime_handler).await?;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
@@ -47,8 +48,7 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         require_id(&id, "pod_sandbox_id")?;
-        self.rt.require_recovered()?;
-        sandbox::lifecycle::stop(&self.rt, &id).await?;
+        pod::stop_sandbox(&self.node, &id).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -58,8 +58,7 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         require_id(&id, "pod_sandbox_id")?;
-        self.rt.require_recovered()?;
-        sandbox::lifecycle::remove(&self.rt, &id).await?;
+        pod::remove_sandbox(&self.node, &id).await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
@@ -69,8 +68,7 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
         let req = req.into_inner();
         require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
-        self.rt.require_recovered()?;
-        let sb = self.rt.sandboxes.get(&req.pod_sandbox_id)?;
+        let sb = self.rt().sandboxes.get(&req.pod_sandbox_id)?;
         Ok(Response::new(sb.status(req.verbose)))
     }
 
@@ -79,9 +77,8 @@ impl runtime_service_server::RuntimeService for Peapod {
         req: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
         let filter = req.into_inner().filter;
-        self.rt.require_recovered()?;
         Ok(Response::new(ListPodSandboxResponse {
-            items: self.rt.sandboxes.list(filter.as_ref()),
+            items: self.rt().sandboxes.list(filter.as_ref()),
         }))
     }
 
@@ -93,10 +90,7 @@ impl runtime_service_server::RuntimeService for Peapod {
         let config = req
             .config
             .ok_or_else(|| Error::invalid("CreateContainer: config is required"))?;
-        self.rt.require_recovered()?;
-        // The sandbox config is taken from peapod's own record of the sandbox, not from the
-        // request, so a container always matches the sandbox it joins.
-        let id = container::lifecycle::create(self.rt.clone(), req.pod_sandbox_id, config).await?;
+        let id = pod::create_container(&self.node, req.pod_sandbox_id, config).await?;
         Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
 
@@ -106,8 +100,7 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<StartContainerResponse>, Status> {
         let id = req.into_inner().container_id;
         require_id(&id, "container_id")?;
-        self.rt.require_recovered()?;
-        container::lifecycle::start(self.rt.clone(), &id).await?;
+        container::lifecycle::start(self.rt().clone(), &id).await?;
         Ok(Response::new(StartContainerResponse {}))
     }
 
@@ -117,8 +110,7 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<StopContainerResponse>, Status> {
         let req = req.into_inner();
         require_id(&req.container_id, "container_id")?;
-        self.rt.require_recovered()?;
-        container::lifecycle::stop(&self.rt, &req.container_id, req.timeout).await?;
+        container::lifecycle::stop(self.rt(), &req.container_id, req.timeout).await?;
         Ok(Response::new(StopContainerResponse {}))
     }
 
@@ -128,8 +120,7 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<RemoveContainerResponse>, Status> {
         let id = req.into_inner().container_id;
         require_id(&id, "container_id")?;
-        self.rt.require_recovered()?;
-        container::lifecycle::remove(&self.rt, &id).await?;
+        container::lifecycle::remove(self.rt(), &id).await?;
         Ok(Response::new(RemoveContainerResponse {}))
     }
 
@@ -138,9 +129,8 @@ impl runtime_service_server::RuntimeService for Peapod {
         req: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         let filter = req.into_inner().filter;
-        self.rt.require_recovered()?;
         Ok(Response::new(ListContainersResponse {
-            containers: self.rt.containers.list(filter.as_ref()),
+            containers: self.rt().containers.list(filter.as_ref()),
         }))
     }
 
@@ -150,10 +140,9 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<ContainerStatusResponse>, Status> {
         let req = req.into_inner();
         require_id(&req.container_id, "container_id")?;
-        self.rt.require_recovered()?;
-        let c = self.rt.containers.get(&req.container_id)?;
+        let c = self.rt().containers.get(&req.container_id)?;
         let info = if req.verbose {
-            container::inspect::verbose_info(&self.rt, &c).await
+            container::inspect::verbose_info(self.rt(), &c).await
         } else {
             Default::default()
         };
@@ -169,8 +158,7 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         let req = req.into_inner();
         require_id(&req.container_id, "container_id")?;
-        self.rt.require_recovered()?;
-        container::update::update_resources(&self.rt, req).await?;
+        container::update::update_resources(self.rt(), &self.node.host, req).await?;
         Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
 
@@ -180,8 +168,7 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         let id = req.into_inner().container_id;
         require_id(&id, "container_id")?;
-        self.rt.require_recovered()?;
-        container::lifecycle::reopen_log(&self.rt, &id).await?;
+        container::lifecycle::reopen_log(self.rt(), &id).await?;
         Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
@@ -191,17 +178,15 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<ExecSyncResponse>, Status> {
         let req = req.into_inner();
         require_id(&req.container_id, "container_id")?;
-        self.rt.require_recovered()?;
         Ok(Response::new(
-            container::exec::exec_sync(self.rt.clone(), req).await?,
+            container::exec::exec_sync(self.rt().clone(), req).await?,
         ))
     }
 
     async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
         let req = req.into_inner();
         require_id(&req.container_id, "container_id")?;
-        self.rt.require_recovered()?;
-        let url = self.streaming.exec_url(&self.rt, req)?;
+        let url = self.streaming.exec_url(self.rt(), req)?;
         Ok(Response::new(ExecResponse { url }))
     }
 
@@ -211,8 +196,7 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<AttachResponse>, Status> {
         let req = req.into_inner();
         require_id(&req.container_id, "container_id")?;
-        self.rt.require_recovered()?;
-        let url = self.streaming.attach_url(&self.rt, req)?;
+        let url = self.streaming.attach_url(self.rt(), req)?;
         Ok(Response::new(AttachResponse { url }))
     }
 
@@ -222,8 +206,7 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<PortForwardResponse>, Status> {
         let req = req.into_inner();
         require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
-        self.rt.require_recovered()?;
-        let url = self.streaming.port_forward_url(&self.rt, req)?;
+        let url = self.streaming.port_forward_url(self.rt(), req)?;
         Ok(Response::new(PortForwardResponse { url }))
     }
 
@@ -233,9 +216,8 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         let id = req.into_inner().container_id;
         require_id(&id, "container_id")?;
-        self.rt.require_recovered()?;
         Ok(Response::new(ContainerStatsResponse {
-            stats: Some(stats::container_stats(&self.rt, &id).await?),
+            stats: Some(pod::stats::container_stats(&self.node, &id).await?),
         }))
     }
 
@@ -244,9 +226,8 @@ impl runtime_service_server::RuntimeService for Peapod {
         req: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
         let filter = req.into_inner().filter;
-        self.rt.require_recovered()?;
         Ok(Response::new(ListContainerStatsResponse {
-            stats: stats::list_container_stats(&self.rt, filter.as_ref()).await?,
+            stats: pod::stats::list_container_stats(&self.node, filter.as_ref()).await?,
         }))
     }
 
@@ -256,9 +237,8 @@ impl runtime_service_server::RuntimeService for Peapod {
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         require_id(&id, "pod_sandbox_id")?;
-        self.rt.require_recovered()?;
         Ok(Response::new(PodSandboxStatsResponse {
-            stats: Some(stats::pod_sandbox_stats(&self.rt, &id).await?),
+            stats: Some(pod::stats::pod_sandbox_stats(&self.node, &id).await?),
         }))
     }
 
@@ -267,9 +247,8 @@ impl runtime_service_server::RuntimeService for Peapod {
         req: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         let filter = req.into_inner().filter;
-        self.rt.require_recovered()?;
         Ok(Response::new(ListPodSandboxStatsResponse {
-            stats: stats::list_pod_sandbox_stats(&self.rt, filter.as_ref()).await?,
+            stats: pod::stats::list_pod_sandbox_stats(&self.node, filter.as_ref()).await?,
         }))
     }
 
@@ -277,16 +256,23 @@ impl runtime_service_server::RuntimeService for Peapod {
         &self,
         req: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        Ok(Response::new(
-            self.update_runtime_config_impl(req.into_inner()).await?,
-        ))
+        let cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        self.node.network.set_pod_cidr(&cidr)?;
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
     async fn status(
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(self.status_impl(req.into_inner()).await?))
+        Ok(Response::new(
+            self.node.status(req.into_inner().verbose).await,
+        ))
     }
 
     async fn checkpoint_container(
@@ -304,7 +290,7 @@ impl runtime_service_server::RuntimeService for Peapod {
         &self,
         _req: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        let events = container::events::subscribe(&self.rt.events).map(Ok);
+        let events = container::events::subscribe(&self.rt().events).map(Ok);
         Ok(Response::new(Box::pin(events)))
     }
 
@@ -324,40 +310,8 @@ impl runtime_service_server::RuntimeService for Peapod {
 
     async fn runtime_config(
         &self,
-        req: Request<RuntimeConfigRequest>,
+        _req: Request<RuntimeConfigRequest>,
     ) -> Result<Response<RuntimeConfigResponse>, Status> {
-        Ok(Response::new(
-            self.runtime_config_impl(req.into_inner()).await?,
-        ))
-    }
-}
-
-impl Peapod {
-    async fn version_impl(&self, _req: VersionRequest) -> Result<VersionResponse, Error> {
-        Ok(self.rt.version())
-    }
-
-    async fn status_impl(&self, req: StatusRequest) -> Result<StatusResponse, Error> {
-        Ok(self.rt.status(req.verbose).await)
-    }
-
-    async fn runtime_config_impl(
-        &self,
-        _req: RuntimeConfigRequest,
-    ) -> Result<RuntimeConfigResponse, Error> {
-        Ok(self.rt.runtime_config())
-    }
-
-    async fn update_runtime_config_impl(
-        &self,
-        req: UpdateRuntimeConfigRequest,
-    ) -> Result<UpdateRuntimeConfigResponse, Error> {
-        let cidr = req
-            .runtime_config
-            .and_then(|c| c.network_config)
-            .map(|n| n.pod_cidr)
-            .unwrap_or_default();
-        self.rt.network.set_pod_cidr(&cidr)?;
-        Ok(UpdateRuntimeConfigResponse {})
+        Ok(Response::new(self.node.runtime_config()))
     }
 }

@@ -4,14 +4,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::Config as ImageConfig;
-use oci_spec::runtime::{
-    Linux, LinuxDevice, LinuxNamespace, LinuxNamespaceType, Process, Root, Spec, User,
-};
+use oci_spec::runtime::{LinuxDevice, LinuxNamespace, LinuxNamespaceType, Spec};
 
-use super::{annotations as ann, devices, mounts, resources, security, user};
-use super::{ContainerSpecInput, SandboxInfo};
+use super::input::{ContainerSpecInput, SandboxInfo};
+use super::{base, devices, mounts, resources, security, user};
 use crate::cri::{self, NamespaceMode};
 use crate::error::{Error, Result};
+use crate::keys::annotation as ann;
 
 /// The PATH a process gets when neither the image nor the request sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -62,32 +61,22 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec> {
     let apparmor = security::apparmor(sc, privileged, &host.security)?;
     let selinux = security::selinux(sc, input.sandbox_config, &host.security)?;
 
-    let mut process = Process::default();
+    let mut process = base::process();
     process
         .set_terminal(Some(cfg.tty))
-        .set_console_size(None)
-        .set_user(
-            User::default()
-                .set_uid(resolved.uid)
-                .set_gid(resolved.gid)
-                .set_additional_gids(Some(resolved.additional_gids.clone()))
-                .set_umask(None)
-                .set_username(None)
-                .clone(),
-        )
+        .set_user(base::user(
+            resolved.uid,
+            resolved.gid,
+            resolved.additional_gids.clone(),
+        ))
         .set_args(Some(args))
-        .set_command_line(None)
         .set_env(Some(env))
         .set_cwd(PathBuf::from(cwd))
         .set_capabilities(Some(caps))
-        .set_rlimits(None)
         .set_no_new_privileges(Some(sc.is_some_and(|s| s.no_new_privs)))
         .set_apparmor_profile(apparmor)
         .set_oom_score_adj(Some(resources::oom_score_adj(res, host.own_oom_score_adj)))
-        .set_selinux_label(selinux.as_ref().map(|(p, _)| p.clone()))
-        .set_io_priority(None)
-        .set_scheduler(None)
-        .set_exec_cpu_affinity(None);
+        .set_selinux_label(selinux.as_ref().map(|(p, _)| p.clone()));
 
     // Mounts, devices, resources.
     if !host.security.recursive_read_only_mounts {
@@ -120,12 +109,8 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec> {
     )?;
 
     // Linux.
-    let mut linux = Linux::default();
+    let mut linux = base::linux();
     linux
-        .set_net_devices(None)
-        .set_uid_mappings(None)
-        .set_gid_mappings(None)
-        .set_sysctl(None)
         .set_resources(Some(linux_resources))
         .set_cgroups_path(
             host.cgroup_driver
@@ -142,27 +127,17 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec> {
         .set_rootfs_propagation(mounts.rootfs_propagation.clone())
         .set_masked_paths(Some(security::masked_paths(sc, privileged)))
         .set_readonly_paths(Some(security::readonly_paths(sc, privileged)))
-        .set_mount_label(selinux.map(|(_, m)| m))
-        .set_intel_rdt(None)
-        .set_memory_policy(None)
-        .set_personality(None)
-        .set_time_offsets(None);
+        .set_mount_label(selinux.map(|(_, m)| m));
 
-    let mut root = Root::default();
-    root.set_path(PathBuf::from("rootfs"))
-        .set_readonly(Some(readonly_rootfs));
-
-    let mut spec = Spec::default();
-    spec.set_version(oci_spec::runtime::VERSION.to_string())
-        .set_root(Some(root))
-        .set_mounts(Some(mounts.mounts))
-        .set_process(Some(process))
-        // The container shares the sandbox's UTS namespace: setting a hostname would fail.
-        .set_hostname(None)
-        .set_domainname(None)
-        .set_hooks(None)
-        .set_annotations(Some(spec_annotations(input, name)))
-        .set_linux(Some(linux));
+    // The container shares the sandbox's UTS namespace: setting a hostname would fail.
+    let spec = base::spec(
+        readonly_rootfs,
+        mounts.mounts,
+        process,
+        None,
+        spec_annotations(input, name),
+        linux,
+    );
     Ok(spec)
 }
 
@@ -352,7 +327,7 @@ mod tests {
     use crate::cgroup::Driver as CgroupDriver;
     use crate::spec::{CgroupHost, HostInfo, HostSecurity, SandboxInfo, UserDb};
     use oci_spec::image::{ConfigBuilder, ImageConfiguration, ImageConfigurationBuilder};
-    use oci_spec::runtime::{Capability, LinuxSeccompAction};
+    use oci_spec::runtime::{Capability, Linux, LinuxSeccompAction, Process};
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

@@ -8,9 +8,8 @@ use oci_spec::runtime::{
     LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
 };
 
-use super::oci_err;
 use crate::cri;
-use crate::error::{Error, Result};
+use crate::error::{oci_err, Error, Result};
 
 /// A device node and the cgroup rule that lets the container use it.
 #[derive(Debug, Clone)]

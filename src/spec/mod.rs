@@ -15,124 +15,21 @@
 //! - [`resources`]: cgroup resources and `oom_score_adj`
 
 pub mod apparmor;
+pub mod base;
 pub mod container;
 pub mod devices;
 pub mod features;
+pub mod input;
 pub mod mounts;
 pub mod resources;
+pub mod sandbox;
 pub mod seccomp;
 pub mod security;
 pub mod user;
 
-use std::path::PathBuf;
-
-use oci_spec::image::ImageConfiguration;
-
-use crate::cri;
-use crate::error::Error;
-
 pub use container::container_spec;
+pub use input::{ContainerSpecInput, HostInfo, SandboxInfo};
 pub use resources::CgroupHost;
+pub use sandbox::{sandbox_spec, SandboxSpecInput};
 pub use security::HostSecurity;
 pub use user::{ResolvedUser, UserDb};
-
-/// Annotation keys containerd's CRI plugin puts on every container (the runc shim groups a
-/// pod's containers into one shim process by `sandbox-id`).
-pub mod annotations {
-    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-    pub const CONTAINER_TYPE_CONTAINER: &str = "container";
-    pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-    pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
-    pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
-    pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
-    pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
-    pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
-}
-
-/// What the spec needs to know about the pod sandbox the container joins.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SandboxInfo {
-    /// Sandbox id (annotation `io.kubernetes.cri.sandbox-id`).
-    pub id: String,
-    /// PID of the sandbox's pause process; its `/proc/<pid>/ns/{net,ipc,uts,pid}` are joined.
-    pub pid: u32,
-    /// The pod uses the host's network (and UTS) namespace.
-    pub host_network: bool,
-    /// The pod uses the host's IPC namespace (and the host's /dev/shm).
-    pub host_ipc: bool,
-    /// The pod uses the host's PID namespace.
-    pub host_pid: bool,
-    /// The pod's hostname, for the `HOSTNAME` environment variable (for a host-network pod the
-    /// caller passes the node's hostname). Empty: the sandbox config's hostname.
-    pub hostname: String,
-    /// The sandbox's files bind-mounted into every container (absent: not mounted).
-    pub hostname_path: Option<PathBuf>,
-    pub hosts_path: Option<PathBuf>,
-    pub resolv_conf_path: Option<PathBuf>,
-    /// The sandbox's /dev/shm directory (ignored with `host_ipc`).
-    pub shm_path: Option<PathBuf>,
-    /// The pod's cgroup parent (from `LinuxPodSandboxConfig.cgroup_parent`); empty: none.
-    pub cgroup_parent: String,
-}
-
-/// Facts about the node, detected once at start-up ([`HostInfo::detect`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostInfo {
-    pub cgroup_driver: crate::cgroup::Driver,
-    pub cgroup: CgroupHost,
-    /// The optional cgroup controllers limits may use; the others' limits are dropped.
-    pub limits: crate::cgroup::Enforceable,
-    pub security: HostSecurity,
-    /// peapod's own `oom_score_adj`; container values are clamped to no lower than it.
-    pub own_oom_score_adj: i32,
-    /// Where host devices are listed from for privileged containers (normally `/dev`).
-    pub dev_dir: PathBuf,
-}
-
-impl HostInfo {
-    /// Detects cgroup version, swap accounting and controllers (hugepage limits off, as
-    /// `disable_hugetlb_controller` defaults), AppArmor/SELinux and peapod's oom_score_adj.
-    pub fn detect(cgroup_driver: crate::cgroup::Driver) -> Self {
-        HostInfo {
-            cgroup_driver,
-            cgroup: CgroupHost::detect(),
-            limits: crate::cgroup::Enforceable::detect(true),
-            security: HostSecurity::detect(),
-            own_oom_score_adj: resources::own_oom_score_adj(),
-            dev_dir: PathBuf::from("/dev"),
-        }
-    }
-
-    /// [`HostInfo::detect`] with the settings of peapod's configuration (cgroup driver,
-    /// hugetlb, seccomp profile root).
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        let mut host = Self::detect(config.cgroup_driver);
-        if !config.disable_hugetlb_controller {
-            host.limits = crate::cgroup::Enforceable::detect(false);
-        }
-        host.security.seccomp_profile_root = config.seccomp_profile_root.clone();
-        host
-    }
-}
-
-/// Everything [`container_spec`] needs.
-#[derive(Debug, Clone, Copy)]
-pub struct ContainerSpecInput<'a> {
-    /// The new container's id (64 hex characters).
-    pub id: &'a str,
-    pub config: &'a cri::ContainerConfig,
-    pub sandbox_config: &'a cri::PodSandboxConfig,
-    /// The image's configuration (entrypoint, cmd, env, working dir, user).
-    pub image: &'a ImageConfiguration,
-    /// The image's `/etc/passwd` and `/etc/group` ([`UserDb::from_rootfs`] on the container's
-    /// rootfs, or an empty db for images without them).
-    pub users: &'a UserDb,
-    pub sandbox: &'a SandboxInfo,
-    /// PID of the target container's task, for PID namespace mode TARGET.
-    pub target_pid: Option<u32>,
-    pub host: &'a HostInfo,
-}
-
-pub(crate) fn oci_err(e: oci_spec::OciSpecError) -> Error {
-    Error::internal(format!("building OCI spec: {e}"))
-}

@@ -5,10 +5,10 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{Mount, MountBuilder};
 
-use super::{oci_err, SandboxInfo};
+use super::input::SandboxInfo;
 use crate::cri;
 use crate::cri::MountPropagation;
-use crate::error::{Error, Result};
+use crate::error::{oci_err, Error, Result};
 
 /// Mounts and the rootfs propagation they need.
 #[derive(Debug, Clone)]
@@ -73,6 +73,17 @@ pub fn default_mounts(privileged: bool) -> Result<Vec<Mount>> {
             &["nosuid", "noexec", "nodev", "relatime", ro],
         )?,
     ])
+}
+
+/// The pause container's mounts: the defaults without the cgroup filesystem, which the pause
+/// process has no use for. A privileged pod's /sys is mounted read-write here too, and it
+/// matters most here: sysfs keeps one superblock per network namespace, and the first mount's
+/// read-only flag (the pause's, which owns the pod's network namespace) sticks to it, so a
+/// read-only mount here would make every privileged container's /sys read-only too.
+pub fn sandbox_mounts(privileged: bool) -> Result<Vec<Mount>> {
+    let mut mounts = default_mounts(privileged)?;
+    mounts.retain(|m| m.destination() != Path::new("/sys/fs/cgroup"));
+    Ok(mounts)
 }
 
 /// A bind mount to add, before translation.

@@ -9,11 +9,10 @@ use oci_spec::runtime::{
     LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 
-use super::oci_err;
 pub use crate::cgroup::CgroupHost;
 use crate::cgroup::Enforceable;
 use crate::cri;
-use crate::error::{Error, Result};
+use crate::error::{oci_err, Error, Result};
 
 /// [`linux_resources`] without the limits this host's cgroups cannot enforce (see
 /// [`crate::cgroup::controllers`]): a container must never fail over a limit the node cannot

@@ -17,8 +17,7 @@ use oci_spec::runtime::{
 };
 use serde_json::Value;
 
-use super::oci_err;
-use crate::error::{Error, Result};
+use crate::error::{oci_err, Error, Result};
 
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;

@@ -18,10 +18,10 @@ use tokio::sync::mpsc;
 use super::exec::{apply_resizes, close_stdin};
 use super::session::Session;
 use super::status::Outcome;
-use crate::container::logs::Stream;
-use crate::container::Container;
 use crate::cri;
 use crate::runtime::Runtime;
+use crate::stdio::log::Stream;
+use crate::store::Container;
 
 pub async fn run(rt: Arc<Runtime>, req: cri::AttachRequest, session: Session) -> Outcome {
     match rt.containers.get(&req.container_id) {

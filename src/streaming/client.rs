@@ -80,7 +80,7 @@ where
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("x-stream-protocol-version"))
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_default();
-    let (conn, _incoming) = Connection::new(io, Role::Client, super::IDLE_TIMEOUT);
+    let (conn, _incoming) = Connection::new(io, Role::Client, super::limits::IDLE_TIMEOUT);
     Ok((conn, protocol))
 }
 

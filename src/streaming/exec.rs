@@ -20,12 +20,13 @@ use tokio::sync::mpsc;
 use super::session::{Session, TermSize};
 use super::status::Outcome;
 use crate::container::exec::{delete_process, exec_process, fifo_dir, wait_exec, DRAIN_LIMIT};
-use crate::container::io::ContainerIo;
-use crate::container::stored_spec::{self, PROCESS_TYPE_URL};
+use crate::container::stored_spec;
 use crate::containerd::Containerd;
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
+use crate::keys::type_url;
 use crate::runtime::Runtime;
+use crate::stdio::ContainerIo;
 
 /// Runs the cached request's command and reports how it ended.
 pub async fn run(rt: Arc<Runtime>, req: cri::ExecRequest, session: Session) -> Outcome {
@@ -108,7 +109,7 @@ async fn run_process(
             stderr: paths.stderr,
             terminal: tty,
             spec: Some(prost_types::Any {
-                type_url: PROCESS_TYPE_URL.to_string(),
+                type_url: type_url::PROCESS.to_string(),
                 value: process,
             }),
             exec_id: exec_id.to_string(),

@@ -22,9 +22,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::limits::{IDLE_TIMEOUT, STREAM_CREATION_TIMEOUT};
 use super::spdy::frame::RST_CANCEL;
 use super::spdy::{Connection, Headers, Role, Stream, StreamReader, StreamWriter};
-use super::{IDLE_TIMEOUT, STREAM_CREATION_TIMEOUT};
 use crate::cri;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;

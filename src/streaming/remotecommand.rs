@@ -14,10 +14,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::limits::{IDLE_TIMEOUT, STREAM_CREATION_TIMEOUT};
 use super::session::{ResizeDecoder, Session, TermSize, OUTPUT_QUEUE};
 use super::spdy::{Connection, Incoming, Role, StreamReader, StreamWriter};
 use super::status::Outcome;
-use super::{IDLE_TIMEOUT, STREAM_CREATION_TIMEOUT};
 
 /// The remotecommand subprotocols, newest first (`remotecommand/constants.go`
 /// `SupportedStreamingProtocols`). v5 is not offered over SPDY: over SPDY a v5 client behaves

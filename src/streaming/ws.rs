@@ -33,12 +33,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::http::{header_contains, header_list, plain, Body, PORT_FORWARD_PROTOCOL};
+use super::limits::IDLE_TIMEOUT;
 use super::portforward::{self, ClientTx, Target};
-use super::server::{header_contains, header_list, plain, Body, PORT_FORWARD_PROTOCOL};
 use super::session::{ResizeDecoder, Session, OUTPUT_QUEUE};
 use super::status::Outcome;
 use super::tokens::Request as Cached;
-use super::{attach, exec, IDLE_TIMEOUT};
+use super::{attach, exec};
 use crate::runtime::Runtime;
 
 /// `remotecommand/constants.go` `StreamProtocolV5Name`.
@@ -214,7 +215,7 @@ pub fn upgrade(rt: Arc<Runtime>, cached: Cached, req: Request<Incoming>) -> Resp
             (Cached::PortForward(req), Plan::Forward(PortForwardKind::Tunnel)) => {
                 let (ours, theirs) = tokio::io::duplex(256 * 1024);
                 tokio::spawn(bridge(ws, ours));
-                super::server::serve_spdy(
+                super::dispatch::serve_spdy(
                     rt,
                     Cached::PortForward(req),
                     PORT_FORWARD_PROTOCOL,

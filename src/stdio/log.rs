@@ -1,5 +1,9 @@
 //! The CRI container log writer.
 //!
+//! Hand-written: no crate writes kubelet's CRI log format (conmon-rs keeps its writer inside
+//! its own binary), and the format is one line of code; what takes care here is the copying
+//! from the FIFOs, bounded and lossless, and rotation (ReopenContainerLog).
+//!
 //! Format (kubelet's `pkg/kubelet/kuberuntime/logs` parser; containerd's
 //! `internal/cri/io/logger.go` and conmon-rs `container_log/cri.rs` write the same):
 //!
@@ -25,14 +29,14 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::io::ContainerIo;
+use super::fifo::ContainerIo;
 use crate::error::{Error, Result};
 
 /// containerd's default `max_container_log_line_size`.
@@ -153,40 +157,12 @@ impl LineSplitter {
 }
 
 /// Formats `t` as RFC 3339 in UTC with all nine fractional digits, e.g.
-/// `2016-10-06T00:17:09.669794202Z`.
-///
-/// Hand-formatted (days → civil date, Howard Hinnant's algorithm) rather than with `chrono` or
-/// `time`: it is the only date formatting peapod needs, it runs per log line, and it avoids a
-/// dependency. Unlike Go's `RFC3339Nano` (containerd) the fraction keeps trailing zeros: every
-/// timestamp has the same width and sorts as text; kubelet's parser accepts both.
+/// `2016-10-06T00:17:09.669794202Z` (`humantime`'s nanosecond form). Unlike Go's
+/// `RFC3339Nano` (containerd) the fraction keeps trailing zeros: every timestamp has the same
+/// width and sorts as text; kubelet's parser accepts both.
 pub fn format_timestamp(t: SystemTime) -> String {
     // A clock before 1970 is not a real case for a container log; clamp rather than fail.
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = d.as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, day) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    humantime::format_rfc3339_nanos(t.max(UNIX_EPOCH)).to_string()
 }
 
 /// One CRI log record, newline included.
@@ -618,6 +594,7 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     use std::path::Path;
+    use std::time::Duration;
 
     fn split(max: usize, chunks: &[&[u8]]) -> Vec<(String, String)> {
         let mut s = LineSplitter::new(max);

@@ -7,79 +7,19 @@
 //! reading of each container and pod is kept in memory; entries of containers and pods that
 //! are gone are dropped on every list so the table does not grow under pod churn.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use containerd_client::services::v1::snapshots::UsageRequest;
 
-use super::{Container, Phase};
+use super::node::Node;
+use super::readings::u64v;
+
 use crate::cgroup::{self, Cgroup, Sample};
 use crate::cri;
 use crate::error::{ctrd, Result};
-use crate::runtime::Runtime;
-use crate::sandbox::Sandbox;
+use crate::store::{Container, Phase, Sandbox};
 use crate::task::now_ns;
-
-/// One cumulative CPU reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuPoint {
-    pub at_ns: i64,
-    pub usage_ns: u64,
-}
-
-/// The CPU rate between two readings, in nanoseconds of CPU per second (1e9 = one core).
-/// None without an earlier reading, or when time or the counter went backwards (a new cgroup
-/// under the same id).
-pub fn nano_cores(prev: Option<CpuPoint>, now: CpuPoint) -> Option<u64> {
-    let prev = prev?;
-    let dt = now.at_ns.checked_sub(prev.at_ns).filter(|d| *d > 0)?;
-    let du = now.usage_ns.checked_sub(prev.usage_ns)?;
-    u64::try_from(u128::from(du) * 1_000_000_000 / dt as u128).ok()
-}
-
-/// The shortest interval a CPU rate is measured over.
-const MIN_RATE_INTERVAL_NS: i64 = 1_000_000_000;
-
-/// State kept between stats calls.
-#[derive(Default)]
-pub struct StatsCache {
-    cpu: Mutex<HashMap<String, CpuPoint>>,
-    /// The snapshotter's root, reported as the writable layer's filesystem.
-    mountpoint: Mutex<Option<String>>,
-}
-
-impl StatsCache {
-    /// The CPU stats for a new reading, remembering it for the next rate.
-    fn cpu(&self, key: &str, usage_ns: Option<u64>, at_ns: i64) -> Option<cri::CpuUsage> {
-        let usage_ns = usage_ns?;
-        let now = CpuPoint { at_ns, usage_ns };
-        let mut table = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
-        let prev = table.get(key).copied();
-        // Readings close together (kubelet's container and pod stats paths asking in the
-        // same second) would give a noisy rate; keep measuring from the older reading.
-        if prev.is_none_or(|p| at_ns.saturating_sub(p.at_ns) >= MIN_RATE_INTERVAL_NS) {
-            table.insert(key.to_string(), now);
-        }
-        drop(table);
-        Some(cri::CpuUsage {
-            timestamp: at_ns,
-            usage_core_nano_seconds: Some(u64v(usage_ns)),
-            usage_nano_cores: nano_cores(prev, now).map(u64v),
-        })
-    }
-
-    fn forget_except(&self, live: &std::collections::HashSet<String>) {
-        self.cpu
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| live.contains(k));
-    }
-}
-
-fn u64v(value: u64) -> cri::UInt64Value {
-    cri::UInt64Value { value }
-}
 
 fn cgroup_root() -> &'static Path {
     Path::new(cgroup::ROOT)
@@ -109,8 +49,8 @@ fn memory_usage(s: &Sample, at_ns: i64) -> Option<cri::MemoryUsage> {
     })
 }
 
-async fn snapshotter_mountpoint(rt: &Runtime) -> String {
-    if let Some(m) = rt
+async fn snapshotter_mountpoint(node: &Node) -> String {
+    if let Some(m) = node
         .stats
         .mountpoint
         .lock()
@@ -119,9 +59,10 @@ async fn snapshotter_mountpoint(rt: &Runtime) -> String {
     {
         return m;
     }
-    match rt.inventory().snapshotter_root().await {
+    match node.inventory().snapshotter_root().await {
         Ok(m) => {
-            *rt.stats
+            *node
+                .stats
                 .mountpoint
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
@@ -135,13 +76,14 @@ async fn snapshotter_mountpoint(rt: &Runtime) -> String {
 }
 
 /// The snapshot's usage; None when it is gone (the container was removed meanwhile).
-async fn writable_layer(rt: &Runtime, id: &str) -> Result<Option<cri::FilesystemUsage>> {
+async fn writable_layer(node: &Node, id: &str) -> Result<Option<cri::FilesystemUsage>> {
     let at = now_ns();
-    let usage = match rt
+    let usage = match node
+        .rt
         .ctrd
         .snapshots()
-        .usage(rt.ctrd.req(UsageRequest {
-            snapshotter: rt.config.snapshotter.clone(),
+        .usage(node.rt.ctrd.req(UsageRequest {
+            snapshotter: node.rt.config.snapshotter.clone(),
             key: id.to_string(),
         }))
         .await
@@ -153,7 +95,7 @@ async fn writable_layer(rt: &Runtime, id: &str) -> Result<Option<cri::Filesystem
     Ok(Some(cri::FilesystemUsage {
         timestamp: at,
         fs_id: Some(cri::FilesystemIdentifier {
-            mountpoint: snapshotter_mountpoint(rt).await,
+            mountpoint: snapshotter_mountpoint(node).await,
         }),
         used_bytes: Some(u64v(usage.size.max(0) as u64)),
         inodes_used: Some(u64v(usage.inodes.max(0) as u64)),
@@ -171,10 +113,10 @@ fn attributes(c: &Container) -> cri::ContainerAttributes {
 
 /// Stats of one container, and its cgroup reading (for summing into a pod). A container
 /// without a live cgroup (created, exited) has attributes and a writable layer only.
-async fn stats_of(rt: &Runtime, c: &Container) -> Result<(cri::ContainerStats, Option<Sample>)> {
+async fn stats_of(node: &Node, c: &Container) -> Result<(cri::ContainerStats, Option<Sample>)> {
     let mut out = cri::ContainerStats {
         attributes: Some(attributes(c)),
-        writable_layer: writable_layer(rt, &c.id).await?,
+        writable_layer: writable_layer(node, &c.id).await?,
         ..Default::default()
     };
     let mut sample = None;
@@ -183,7 +125,7 @@ async fn stats_of(rt: &Runtime, c: &Container) -> Result<(cri::ContainerStats, O
             let at = now_ns();
             match cg.sample() {
                 Ok(s) => {
-                    out.cpu = rt.stats.cpu(&c.id, s.cpu_usage_ns, at);
+                    out.cpu = node.stats.cpu(&c.id, s.cpu_usage_ns, at);
                     out.memory = memory_usage(&s, at);
                     sample = Some(s);
                 }
@@ -196,9 +138,9 @@ async fn stats_of(rt: &Runtime, c: &Container) -> Result<(cri::ContainerStats, O
     Ok((out, sample))
 }
 
-pub async fn container_stats(rt: &Runtime, id: &str) -> Result<cri::ContainerStats> {
-    let c = rt.containers.get(id)?;
-    Ok(stats_of(rt, &c).await?.0)
+pub async fn container_stats(node: &Node, id: &str) -> Result<cri::ContainerStats> {
+    let c = node.rt.containers.get(id)?;
+    Ok(stats_of(node, &c).await?.0)
 }
 
 fn container_matches(c: &Container, f: Option<&cri::ContainerStatsFilter>) -> bool {
@@ -211,17 +153,18 @@ fn container_matches(c: &Container, f: Option<&cri::ContainerStatsFilter>) -> bo
 /// Stats of every running container that matches the filter (kubelet asks for running ones;
 /// an exited container has no cgroup to read).
 pub async fn list_container_stats(
-    rt: &Runtime,
+    node: &Node,
     filter: Option<&cri::ContainerStatsFilter>,
 ) -> Result<Vec<cri::ContainerStats>> {
-    forget_gone(rt);
-    let cs: Vec<Arc<Container>> = rt
+    forget_gone(node);
+    let cs: Vec<Arc<Container>> = node
+        .rt
         .containers
         .all()
         .into_iter()
         .filter(|c| c.state().phase == Phase::Running && container_matches(c, filter))
         .collect();
-    let results = futures::future::join_all(cs.iter().map(|c| stats_of(rt, c))).await;
+    let results = futures::future::join_all(cs.iter().map(|c| stats_of(node, c))).await;
     let mut out = Vec::with_capacity(results.len());
     for r in results {
         match r {
@@ -239,11 +182,16 @@ fn attr_id(s: &cri::ContainerStats) -> &str {
     s.attributes.as_ref().map_or("", |a| a.id.as_str())
 }
 
-fn forget_gone(rt: &Runtime) {
-    let mut live: std::collections::HashSet<String> =
-        rt.containers.all().iter().map(|c| c.id.clone()).collect();
-    live.extend(rt.sandboxes.all().iter().map(|s| pod_key(&s.id)));
-    rt.stats.forget_except(&live);
+fn forget_gone(node: &Node) {
+    let mut live: std::collections::HashSet<String> = node
+        .rt
+        .containers
+        .all()
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    live.extend(node.rt.sandboxes.all().iter().map(|s| pod_key(&s.id)));
+    node.stats.forget_except(&live);
 }
 
 /// Pods and containers share the CPU table; pod keys cannot collide with 64-hex ids.
@@ -252,9 +200,9 @@ fn pod_key(id: &str) -> String {
 }
 
 /// The pod-level cgroup kubelet made (the sandbox's cgroup parent), if it exists.
-fn pod_cgroup(rt: &Runtime, sb: &Sandbox) -> Option<Cgroup> {
+fn pod_cgroup(node: &Node, sb: &Sandbox) -> Option<Cgroup> {
     let parent = sb.cgroup_parent();
-    let dir = rt.host.cgroup_driver.pod_dir(&parent)?;
+    let dir = node.host.cgroup_driver.pod_dir(&parent)?;
     let root = cgroup_root();
     Some(Cgroup::at(root, cgroup::is_v2(root), &dir)).filter(|cg| cg.exists())
 }
@@ -318,15 +266,15 @@ fn network_usage(sb: &Sandbox, at_ns: i64) -> Option<cri::NetworkUsage> {
     })
 }
 
-async fn pod_stats_of(rt: &Runtime, sb: &Sandbox) -> Result<cri::PodSandboxStats> {
-    let containers = rt.containers.in_sandbox(&sb.id);
+async fn pod_stats_of(node: &Node, sb: &Sandbox) -> Result<cri::PodSandboxStats> {
+    let containers = node.rt.containers.in_sandbox(&sb.id);
     let mut per_container = Vec::new();
     let mut summed = Sample::default();
     for c in containers
         .iter()
         .filter(|c| c.state().phase == Phase::Running)
     {
-        match stats_of(rt, c).await {
+        match stats_of(node, c).await {
             Ok((s, sample)) => {
                 if let Some(sample) = sample {
                     summed.add(&sample);
@@ -340,7 +288,7 @@ async fn pod_stats_of(rt: &Runtime, sb: &Sandbox) -> Result<cri::PodSandboxStats
     let at = now_ns();
     let root = cgroup_root();
     // Without a pod-level cgroup, the pod is its pause process plus its containers.
-    let pod = match pod_cgroup(rt, sb).map(|cg| cg.sample()) {
+    let pod = match pod_cgroup(node, sb).map(|cg| cg.sample()) {
         Some(Ok(s)) => s,
         _ => {
             if sb.pid() != 0 {
@@ -362,7 +310,7 @@ async fn pod_stats_of(rt: &Runtime, sb: &Sandbox) -> Result<cri::PodSandboxStats
             annotations: sb.config.annotations.clone(),
         }),
         linux: Some(cri::LinuxPodSandboxStats {
-            cpu: rt.stats.cpu(&pod_key(&sb.id), pod.cpu_usage_ns, at),
+            cpu: node.stats.cpu(&pod_key(&sb.id), pod.cpu_usage_ns, at),
             memory: memory_usage(&pod, at),
             network: network_usage(sb, at),
             process: pod.pids.map(|n| cri::ProcessUsage {
@@ -375,18 +323,19 @@ async fn pod_stats_of(rt: &Runtime, sb: &Sandbox) -> Result<cri::PodSandboxStats
     })
 }
 
-pub async fn pod_sandbox_stats(rt: &Runtime, id: &str) -> Result<cri::PodSandboxStats> {
-    let sb = rt.sandboxes.get(id)?;
-    pod_stats_of(rt, &sb).await
+pub async fn pod_sandbox_stats(node: &Node, id: &str) -> Result<cri::PodSandboxStats> {
+    let sb = node.rt.sandboxes.get(id)?;
+    pod_stats_of(node, &sb).await
 }
 
 /// Stats of every ready pod that matches the filter.
 pub async fn list_pod_sandbox_stats(
-    rt: &Runtime,
+    node: &Node,
     filter: Option<&cri::PodSandboxStatsFilter>,
 ) -> Result<Vec<cri::PodSandboxStats>> {
-    forget_gone(rt);
-    let mut sbs: Vec<Arc<Sandbox>> = rt
+    forget_gone(node);
+    let mut sbs: Vec<Arc<Sandbox>> = node
+        .rt
         .sandboxes
         .all()
         .into_iter()
@@ -402,7 +351,7 @@ pub async fn list_pod_sandbox_stats(
     sbs.sort_by(|a, b| a.id.cmp(&b.id));
     let mut out = Vec::with_capacity(sbs.len());
     for sb in sbs {
-        match pod_stats_of(rt, &sb).await {
+        match pod_stats_of(node, &sb).await {
             Ok(s) => out.push(s),
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),
@@ -414,10 +363,6 @@ pub async fn list_pod_sandbox_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(at_ns: i64, usage_ns: u64) -> CpuPoint {
-        CpuPoint { at_ns, usage_ns }
-    }
 
     #[test]
     fn net_dev() {
@@ -437,49 +382,6 @@ eth0:    5230      40    1    0    0     0          0         0     1092      12
                 tx_errors: 2
             }
         );
-    }
-
-    #[test]
-    fn nano_cores_is_the_rate_between_readings() {
-        assert_eq!(nano_cores(None, p(10, 10)), None);
-        // Half a core: 0.5s of CPU over 1s.
-        assert_eq!(
-            nano_cores(Some(p(1_000_000_000, 0)), p(2_000_000_000, 500_000_000)),
-            Some(500_000_000)
-        );
-        // Two busy cores over 100ms.
-        assert_eq!(
-            nano_cores(Some(p(0, 1_000)), p(100_000_000, 200_001_000)),
-            Some(2_000_000_000)
-        );
-        // No time passed, time or counter went backwards.
-        assert_eq!(nano_cores(Some(p(5, 0)), p(5, 10)), None);
-        assert_eq!(nano_cores(Some(p(6, 0)), p(5, 10)), None);
-        assert_eq!(nano_cores(Some(p(0, 10)), p(5, 9)), None);
-        // Huge counters do not overflow.
-        assert_eq!(
-            nano_cores(Some(p(0, 0)), p(1_000_000_000, u64::MAX / 2)),
-            Some(u64::MAX / 2)
-        );
-    }
-
-    #[test]
-    fn cache_computes_rates_and_forgets_the_gone() {
-        let cache = StatsCache::default();
-        let first = cache.cpu("a", Some(1_000), 1_000_000_000).unwrap();
-        assert_eq!(first.usage_core_nano_seconds, Some(u64v(1_000)));
-        assert_eq!(first.usage_nano_cores, None);
-        let second = cache.cpu("a", Some(500_001_000), 2_000_000_000).unwrap();
-        assert_eq!(second.usage_nano_cores, Some(u64v(500_000_000)));
-        // Readings within a second of the base are measured from it and do not replace it.
-        let soon = cache.cpu("a", Some(550_001_000), 2_100_000_000).unwrap();
-        assert_eq!(soon.usage_nano_cores, Some(u64v(500_000_000)));
-        let later = cache.cpu("a", Some(1_500_001_000), 3_000_000_000).unwrap();
-        assert_eq!(later.usage_nano_cores, Some(u64v(1_000_000_000)));
-        assert!(cache.cpu("b", None, 1).is_none());
-        cache.forget_except(&["b".to_string()].into_iter().collect());
-        let again = cache.cpu("a", Some(900_000_000), 4_000_000_000).unwrap();
-        assert_eq!(again.usage_nano_cores, None, "forgotten, so no rate");
     }
 
     #[test]

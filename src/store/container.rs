@@ -6,20 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::files::write_json_atomic;
+use super::index::{labels_match, Index, Indexed};
 use crate::cri;
 use crate::error::Result;
-use crate::store;
-
-/// containerd label value of `io.peapod.kind` for workload containers.
-pub const KIND_CONTAINER: &str = "container";
-/// containerd label holding the container's sandbox id (indexable with a filter).
-pub const LABEL_SANDBOX_ID: &str = "io.peapod.sandbox-id";
-/// containerd container extension holding the CRI ContainerConfig (protobuf).
-pub const EXT_CONTAINER_CONFIG: &str = "io.peapod.container.config";
-pub const TYPE_CONTAINER_CONFIG: &str = "type.peapod.io/runtime.v1.ContainerConfig";
-/// containerd container extension holding [`ContainerMeta`] (JSON).
-pub const EXT_CONTAINER_META: &str = "io.peapod.container.meta";
-pub const TYPE_CONTAINER_META: &str = "type.peapod.io/ContainerMeta";
 
 /// Fixed at create, stored in containerd with the container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -46,10 +36,10 @@ pub struct ContainerMeta {
 impl ContainerMeta {
     /// Where the log writer writes: `log_path` inside `log_directory` (records written before
     /// `log_directory` was kept: inside the log file's own directory).
-    pub fn log_target(&self) -> super::logs::LogTarget {
+    pub fn log_target(&self) -> crate::stdio::log::LogTarget {
         let full = PathBuf::from(&self.log_path);
         match full.strip_prefix(&self.log_directory) {
-            Ok(rel) if !self.log_directory.is_empty() => super::logs::LogTarget {
+            Ok(rel) if !self.log_directory.is_empty() => crate::stdio::log::LogTarget {
                 root: PathBuf::from(&self.log_directory),
                 rel: rel.to_path_buf(),
             },
@@ -114,7 +104,7 @@ pub struct Container {
     pub op: tokio::sync::Mutex<()>,
     /// The log writer while the container's stdio is attached (shared so ReopenContainerLog
     /// can use it without holding the lock across an await).
-    pub log: Mutex<Option<Arc<crate::container::logs::LogHandle>>>,
+    pub log: Mutex<Option<Arc<crate::stdio::log::LogHandle>>>,
     /// The write end of the container's stdin FIFO while it is open (containers created with
     /// `stdin: true`): attached clients write here; `None` once closed (`stdin_once`) or exited.
     pub stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
@@ -154,7 +144,7 @@ impl Container {
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = g.clone();
         f(&mut next);
-        store::write_json_atomic(&self.state_path, &next)?;
+        write_json_atomic(&self.state_path, &next)?;
         *g = next.clone();
         drop(g);
         self.changed.notify_waiters();
@@ -169,7 +159,7 @@ impl Container {
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g);
         let next = g.clone();
-        let written = store::write_json_atomic(&self.state_path, &next);
+        let written = write_json_atomic(&self.state_path, &next);
         drop(g);
         self.changed.notify_waiters();
         (next, written)
@@ -178,7 +168,7 @@ impl Container {
     /// Writes the current state (a retry after [`Container::apply`] could not).
     pub fn persist(&self) -> Result<()> {
         let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        store::write_json_atomic(&self.state_path, &*g)
+        write_json_atomic(&self.state_path, &*g)
     }
 
     /// The resources in force: the last update's, else the create request's.
@@ -201,6 +191,11 @@ impl Container {
         let encoded = hex::encode(cur.encode_to_vec());
         self.update(|s| s.updated_resources = Some(encoded))
             .map(|_| ())
+    }
+
+    /// The signal a graceful stop sends ([`crate::signal::stop_signal`]).
+    pub fn stop_signal(&self) -> Result<u32> {
+        crate::signal::stop_signal(self.config.stop_signal, &self.meta.image_stop_signal)
     }
 
     pub fn state_path(&self) -> &Path {
@@ -275,8 +270,9 @@ impl Container {
                         .collect(),
                 }),
             }),
-            stop_signal: crate::container::lifecycle::stop_signal(self)
-                .map(crate::container::lifecycle::cri_signal_value)
+            stop_signal: self
+                .stop_signal()
+                .map(crate::signal::cri_signal_value)
                 .unwrap_or(0),
         }
     }
@@ -312,7 +308,7 @@ pub fn state_file(state_dir: &Path, id: &str) -> PathBuf {
     state_dir.join("containers").join(format!("{id}.json"))
 }
 
-impl store::Indexed for Container {
+impl Indexed for Container {
     const KIND: &'static str = "container";
     fn id(&self) -> &str {
         &self.id
@@ -321,10 +317,10 @@ impl store::Indexed for Container {
 
 /// The in-memory index of workload containers.
 #[derive(Default)]
-pub struct Containers(store::Index<Container>);
+pub struct Containers(Index<Container>);
 
 impl std::ops::Deref for Containers {
-    type Target = store::Index<Container>;
+    type Target = Index<Container>;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -350,7 +346,7 @@ impl Containers {
                         && (f.pod_sandbox_id.is_empty()
                             || c.pod_sandbox_id.starts_with(&f.pod_sandbox_id))
                         && f.state.as_ref().map(|s| s.state == c.state).unwrap_or(true)
-                        && store::labels_match(&c.labels, &f.label_selector)
+                        && labels_match(&c.labels, &f.label_selector)
                 }
             })
             .collect();

@@ -3,7 +3,7 @@
 //! containerd's `Tasks.Create` / `Tasks.Exec` take `stdin`, `stdout` and `stderr` as paths; the
 //! runc shim opens them (stdout/stderr for writing, stdin for reading) and copies the process's
 //! pipes into them. peapod creates the FIFOs, keeps the read ends, and turns what comes out into
-//! CRI log lines (`super::logs`) or an in-memory capture (`capture`, for ExecSync).
+//! CRI log lines (`super::log`) or an in-memory capture (`capture`, for ExecSync).
 //!
 //! How the read ends are opened, and why:
 //!
