@@ -34,3 +34,13 @@ pub mod cri {
 pub const RUNTIME_NAME: &str = "peapod";
 /// CRI API version peapod implements.
 pub const CRI_VERSION: &str = "v1";
+
+#[macro_export]
+macro_rules! timed {
+    ($what:expr, $e:expr) => {{
+        let __t = std::time::Instant::now();
+        let __r = $e;
+        tracing::debug!(step = $what, us = __t.elapsed().as_micros() as u64, "step done");
+        __r
+    }};
+}
