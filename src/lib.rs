@@ -40,7 +40,11 @@ macro_rules! timed {
     ($what:expr, $e:expr) => {{
         let __t = std::time::Instant::now();
         let __r = $e;
-        tracing::debug!(step = $what, us = __t.elapsed().as_micros() as u64, "step done");
+        tracing::debug!(
+            step = $what,
+            us = __t.elapsed().as_micros() as u64,
+            "step done"
+        );
         __r
     }};
 }

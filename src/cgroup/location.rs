@@ -120,10 +120,63 @@ impl Cgroup {
     }
 }
 
+/// Removes the cgroup a `cgroupsPath` names, in every hierarchy, where runc left it empty.
+///
+/// containerd 2.x cancels a shim's task create when the client that asked goes away; runc
+/// is then killed mid-create and leaves the container's cgroup directories behind, with no
+/// task left to delete them (seen when peapod is killed during StartContainer). rmdir only
+/// removes an empty cgroup, so one that still holds a process is never touched. Returns the
+/// directories removed.
+pub fn remove_leftover(root: &Path, cgroups_path: &str) -> Vec<PathBuf> {
+    // systemd's form (`slice:prefix:name`): the scope is systemd's to collect.
+    if !cgroups_path.starts_with('/') {
+        return Vec::new();
+    }
+    let Some(rel) = cgroups_path_dir(cgroups_path) else {
+        return Vec::new();
+    };
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        return Vec::new();
+    }
+    let dirs: Vec<PathBuf> = if is_v2(root) {
+        vec![root.join(rel)]
+    } else {
+        std::fs::read_dir(root)
+            .map(|rd| rd.flatten().map(|e| e.path().join(rel)).collect())
+            .unwrap_or_default()
+    };
+    dirs.into_iter()
+        .filter(|d| d.is_dir() && std::fs::remove_dir(d).is_ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cgroup::driver::Driver;
+
+    #[test]
+    fn leftover_cgroups_are_removed_only_where_empty() {
+        let root = tempfile::tempdir().unwrap();
+        for h in ["memory", "cpu,cpuacct", "pids"] {
+            std::fs::create_dir_all(root.path().join(h).join("pod1/abc")).unwrap();
+        }
+        // A cgroup that still has something in it (a file stands in for a process: rmdir
+        // refuses both).
+        std::fs::write(root.path().join("pids/pod1/abc/busy"), "").unwrap();
+        let removed = remove_leftover(root.path(), "/pod1/abc");
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(!root.path().join("memory/pod1/abc").exists());
+        assert!(root.path().join("pids/pod1/abc").exists());
+        assert!(
+            root.path().join("memory/pod1").exists(),
+            "the pod's own cgroup stays"
+        );
+        assert!(remove_leftover(root.path(), "").is_empty());
+        std::fs::create_dir_all(root.path().join("memory/k.slice/cri-peapod-x.scope")).unwrap();
+        assert!(remove_leftover(root.path(), "k.slice:cri-peapod:x").is_empty());
+    }
 
     #[test]
     fn every_written_path_is_found_again() {

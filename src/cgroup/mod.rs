@@ -15,4 +15,4 @@ pub mod location;
 pub use controllers::{CgroupHost, Enforceable};
 pub use counters::{Memory, Sample};
 pub use driver::{cgroups_path_dir, expand_slice, Driver};
-pub use location::{is_v2, Cgroup, ROOT};
+pub use location::{is_v2, remove_leftover, Cgroup, ROOT};

@@ -151,6 +151,7 @@ async fn create_in(
         created_at: task::now_ns(),
         image_stop_signal,
         user: None,
+        cgroups_path: None,
     };
 
     crate::timed!("c.lease", c.create_lease(id).await)?;
@@ -198,6 +199,11 @@ async fn create_in(
             supplemental_groups: u.additional_gids().clone().unwrap_or_default(),
         });
     }
+    meta.cgroups_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.display().to_string());
     let spec_bytes =
         serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encode spec: {e}")))?;
     let meta_bytes =
@@ -545,9 +551,10 @@ pub async fn remove(rt: &Arc<Runtime>, id: &str) -> Result<()> {
             forget(rt, &c);
             let rt = rt.clone();
             let id = c.id.clone();
+            let meta = c.meta.clone();
             let state_path = c.state_path().to_path_buf();
             tokio::spawn(async move {
-                finish_removal(&rt, &id, &state_path).await;
+                finish_removal(&rt, &id, &meta, &state_path).await;
                 drop(under_way);
             });
         }
@@ -555,7 +562,7 @@ pub async fn remove(rt: &Arc<Runtime>, id: &str) -> Result<()> {
             // Unrecorded, a removal cut off by a crash could not be finished later: it is
             // done before the answer instead.
             tracing::warn!(container = %c.id, error = %e, "cannot record the removal; removing in the foreground");
-            delete_objects(rt, &c.id).await?;
+            delete_objects(rt, &c.id, &c.meta).await?;
             remove_state_file(c.state_path())?;
             forget(rt, &c);
             tracing::info!(container = %c.id, "container removed");
@@ -576,10 +583,18 @@ fn forget(rt: &Runtime, c: &Container) {
     emit(rt, c, cri::ContainerEventType::ContainerDeletedEvent);
 }
 
-/// Deletes what containerd holds of a container: its task (it has exited), then its record,
-/// snapshot and lease, which do not depend on each other. Absent objects are fine.
-pub async fn delete_objects(rt: &Runtime, id: &str) -> Result<()> {
+/// Deletes what containerd holds of a container: its task (it has exited), the empty cgroup
+/// an interrupted task create leaves behind, then its record, snapshot and lease, which do
+/// not depend on each other. Absent objects are fine.
+pub async fn delete_objects(rt: &Runtime, id: &str, meta: &ContainerMeta) -> Result<()> {
     task::delete(&rt.ctrd, id).await?;
+    if let Some(path) = &meta.cgroups_path {
+        let removed =
+            crate::cgroup::remove_leftover(std::path::Path::new(crate::cgroup::ROOT), path);
+        if !removed.is_empty() {
+            tracing::info!(container = %id, dirs = removed.len(), "removed the cgroup an interrupted task create left behind");
+        }
+    }
     let (record, snapshot, lease) = tokio::join!(
         rt.ctrd.delete_container(id),
         rt.ctrd.remove_snapshot(&rt.config.snapshotter, id),
@@ -596,24 +611,36 @@ fn remove_state_file(path: &std::path::Path) -> Result<()> {
     }
 }
 
-/// The background half of a removal: deletes the containerd objects (retrying while
-/// containerd fails, e.g. while it restarts), then the state file that recorded the removal.
-pub async fn finish_removal(rt: &Runtime, id: &str, state_path: &std::path::Path) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match delete_objects(rt, id).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(container = %id, error = %e, "removing container from containerd; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
+/// One attempt at what follows a recorded removal: the containerd objects, then the state
+/// file that recorded it.
+pub async fn finish_removal_once(
+    rt: &Runtime,
+    id: &str,
+    meta: &ContainerMeta,
+    state_path: &std::path::Path,
+) -> Result<()> {
+    delete_objects(rt, id, meta).await?;
     if let Err(e) = remove_state_file(state_path) {
         tracing::warn!(container = %id, error = %e, "remove the state file of a removed container");
     }
     tracing::info!(container = %id, "container removed");
+    Ok(())
+}
+
+/// The background half of a removal: [`finish_removal_once`], retried while containerd
+/// fails (e.g. while it restarts).
+pub async fn finish_removal(
+    rt: &Runtime,
+    id: &str,
+    meta: &ContainerMeta,
+    state_path: &std::path::Path,
+) {
+    let mut delay = Duration::from_millis(200);
+    while let Err(e) = finish_removal_once(rt, id, meta, state_path).await {
+        tracing::warn!(container = %id, error = %e, "removing container from containerd; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
 }
 
 pub async fn reopen_log(rt: &Runtime, id: &str) -> Result<()> {

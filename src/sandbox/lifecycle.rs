@@ -404,12 +404,21 @@ pub async fn stop(rt: &Runtime, network: &Network, sb: &Sandbox) -> Result<()> {
 /// Removes a stopped sandbox: its task, container, snapshot, lease, files, index entry and
 /// name. The caller holds `sb.op` and has removed the pod's containers. Idempotent.
 pub async fn remove(rt: &Runtime, sb: &Sandbox) -> Result<()> {
-    crate::timed!("rm.taskdel", task::delete(&rt.ctrd, &sb.id).await)?;
-    crate::timed!(
-        "rm.delobj",
-        rt.ctrd.delete_object(&rt.config.snapshotter, &sb.id).await
-    )?;
-    crate::timed!("rm.files", files::remove(&sb.dir))?;
+    task::delete(&rt.ctrd, &sb.id).await?;
+    // The path the pause spec was given (the same function wrote it at create).
+    let cgroups_path = rt
+        .config
+        .cgroup_driver
+        .sandbox_cgroups_path(&sb.cgroup_parent(), &sb.id);
+    let removed =
+        crate::cgroup::remove_leftover(std::path::Path::new(crate::cgroup::ROOT), &cgroups_path);
+    if !removed.is_empty() {
+        tracing::info!(sandbox = %sb.id, dirs = removed.len(), "removed the cgroup an interrupted task create left behind");
+    }
+    rt.ctrd
+        .delete_object(&rt.config.snapshotter, &sb.id)
+        .await?;
+    files::remove(&sb.dir)?;
     rt.sandboxes.remove(&sb.id);
     rt.names.release(&sb.name, &sb.id);
     tracing::info!(sandbox = %sb.id, "pod sandbox removed");

@@ -32,6 +32,9 @@ pub struct ContainerMeta {
     /// uid, gid and supplemental groups of the container's first process.
     #[serde(default)]
     pub user: Option<ContainerUserIds>,
+    /// The `cgroupsPath` written into the container's spec (None: runc places it).
+    #[serde(default)]
+    pub cgroups_path: Option<String>,
 }
 
 impl ContainerMeta {

@@ -92,6 +92,10 @@ fn expected_sum(dir: &Path, name: &str) -> Result<String, String> {
 
 /// The unpacked, verified binary `name` (e.g. "kubelet"), or why it is unavailable.
 pub fn real_binary(name: &str) -> Result<PathBuf, String> {
+    // Tests of one binary run as threads of one process: one unpacks, the others wait and
+    // then find the cached file (they once shared a pid-named temp file and lost it).
+    static UNPACK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = UNPACK.lock().unwrap_or_else(|p| p.into_inner());
     let dir = shared_bin_dir();
     let xz = dir.join(format!("{name}.xz"));
     if !xz.is_file() {
@@ -108,7 +112,8 @@ pub fn real_binary(name: &str) -> Result<PathBuf, String> {
     if out.is_file() && sha256_hex(&out).is_ok_and(|s| s == sum) {
         return Ok(out);
     }
-    // Unpack beside the final name and rename, so concurrent runs never see half a file.
+    // Unpack beside the final name and rename, so concurrent runs never see half a file;
+    // the pid keeps test binaries running side by side apart.
     let tmp = cache.join(format!(".{name}.{}.tmp", std::process::id()));
     let f = std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
     let st = Command::new("xz")
