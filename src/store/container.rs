@@ -122,6 +122,11 @@ pub struct Container {
     pub stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
     /// Notified whenever the state changes (exit observers wait on it).
     pub changed: tokio::sync::Notify,
+    /// The process of the container's OCI spec as `{"process": ...}`, kept after the first
+    /// exec so later ones (kubelet's exec probes, every few seconds) skip containerd's
+    /// Containers.Get and the parse of the whole spec. Nothing changes the process after
+    /// create (UpdateContainerResources changes `linux.resources` only).
+    pub exec_base: std::sync::OnceLock<Arc<serde_json::Value>>,
 }
 
 impl Container {
@@ -145,6 +150,7 @@ impl Container {
             log: Mutex::new(None),
             stdin: tokio::sync::Mutex::new(None),
             changed: tokio::sync::Notify::new(),
+            exec_base: std::sync::OnceLock::new(),
         }
     }
 
