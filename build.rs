@@ -6,6 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // The configs in ContainerStatus/PodSandboxStatus verbose info are these messages as
+        // JSON, with the proto field names, as containerd's CRI plugin shows them
+        // (`crate::cri_json` leaves out the empty fields, as Go's `omitempty` tags do).
+        .type_attribute(".runtime.v1", "#[derive(serde::Serialize)]")
         .compile_protos(&["proto/api.proto"], &["proto"])?;
     Ok(())
 }

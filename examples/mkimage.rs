@@ -1,6 +1,6 @@
 //! Builds a small OCI image from the host's busybox-static and writes it as an OCI
-//! image-layout tarball for `ctr images import`. scripts/run.sh uses it to make a pause
-//! image, so the demo needs no registry. It shares its code with the test rig
+//! image-layout tarball for `ctr images import`. scripts/run.sh uses it to make the demo's
+//! pause and web server images, so the demo needs no registry. It shares its code with the test rig
 //! (tests/common/oci.rs), so the demo runs exactly the images the tests run.
 //!
 //!     cargo run --release --example mkimage -- --name localhost/peapod/pause:busybox \
@@ -26,6 +26,9 @@ struct Args {
     /// Cmd; repeat for each argument.
     #[arg(long, allow_hyphen_values = true)]
     cmd: Vec<String>,
+    /// A file to add: PATH_IN_IMAGE=HOST_FILE; repeat for several.
+    #[arg(long = "file")]
+    files: Vec<String>,
     /// Output tarball.
     #[arg(long)]
     out: PathBuf,
@@ -34,12 +37,24 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let dir = tempfile::tempdir().expect("temporary directory");
+    let files = args
+        .files
+        .iter()
+        .map(|f| {
+            let (at, from) = f
+                .split_once('=')
+                .unwrap_or_else(|| panic!("--file {f}: expected PATH_IN_IMAGE=HOST_FILE"));
+            let data = std::fs::read(from).unwrap_or_else(|e| panic!("read {from}: {e}"));
+            (at.to_string(), data)
+        })
+        .collect();
     let img = oci::build(
         dir.path(),
         &oci::ImageSpec {
             name: args.name.clone(),
             entrypoint: args.entrypoint,
             cmd: args.cmd,
+            files,
             ..Default::default()
         },
     );

@@ -20,7 +20,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::{Envelope, Mount};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::Config;
 use crate::containerd_caps::{self, Capabilities, Release};
@@ -30,9 +30,12 @@ use crate::keys::{label, lease_id, type_url};
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
 pub const LEASE_HEADER: &str = "containerd-lease";
 
+/// The channel every containerd client is built on: each call is timed and counted.
+type ObservedChannel = Observed<Channel>;
+
 #[derive(Clone)]
 pub struct Containerd {
-    channel: Channel,
+    channel: ObservedChannel,
     namespace: String,
     socket: PathBuf,
     /// What the containerd now answering can do, with the identity it was probed for.
@@ -43,20 +46,10 @@ impl Containerd {
     /// Builds the channel without dialing: peapod must start (and report RuntimeReady=false)
     /// while containerd is down, and reconnect by itself when it comes back.
     pub fn connect_lazy(socket: &Path, namespace: &str) -> Result<Self> {
-        let path = socket.to_path_buf();
-        let channel = Endpoint::try_from("http://[::]")
-            .map_err(|e| Error::internal(format!("containerd endpoint: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_with_connector_lazy(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }));
+        let channel = crate::uds::endpoint(Duration::from_secs(5))
+            .connect_with_connector_lazy(crate::uds::connector(socket.to_path_buf()));
         Ok(Containerd {
-            channel,
+            channel: Observed(channel),
             namespace: namespace.to_string(),
             socket: socket.to_path_buf(),
             caps: Default::default(),
@@ -90,36 +83,36 @@ impl Containerd {
         r
     }
 
-    pub fn containers(&self) -> ContainersClient<Channel> {
+    pub fn containers(&self) -> ContainersClient<ObservedChannel> {
         // containerd echoes a created container (spec and CRI config included) back; it
         // takes requests up to 16 MiB by default, so its answers must be readable too.
         ContainersClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
-    pub fn tasks(&self) -> TasksClient<Channel> {
+    pub fn tasks(&self) -> TasksClient<ObservedChannel> {
         TasksClient::new(self.channel.clone())
     }
-    pub fn images(&self) -> ImagesClient<Channel> {
+    pub fn images(&self) -> ImagesClient<ObservedChannel> {
         ImagesClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
-    pub fn content(&self) -> ContentClient<Channel> {
+    pub fn content(&self) -> ContentClient<ObservedChannel> {
         ContentClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
-    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
+    pub fn snapshots(&self) -> SnapshotsClient<ObservedChannel> {
         SnapshotsClient::new(self.channel.clone())
     }
-    pub fn diff(&self) -> DiffClient<Channel> {
+    pub fn diff(&self) -> DiffClient<ObservedChannel> {
         DiffClient::new(self.channel.clone())
     }
-    pub fn leases(&self) -> LeasesClient<Channel> {
+    pub fn leases(&self) -> LeasesClient<ObservedChannel> {
         LeasesClient::new(self.channel.clone())
     }
-    pub fn events(&self) -> EventsClient<Channel> {
+    pub fn events(&self) -> EventsClient<ObservedChannel> {
         EventsClient::new(self.channel.clone())
     }
-    pub fn introspection(&self) -> IntrospectionClient<Channel> {
+    pub fn introspection(&self) -> IntrospectionClient<ObservedChannel> {
         IntrospectionClient::new(self.channel.clone())
     }
-    pub fn version_client(&self) -> VersionClient<Channel> {
+    pub fn version_client(&self) -> VersionClient<ObservedChannel> {
         VersionClient::new(self.channel.clone())
     }
 
@@ -212,6 +205,58 @@ impl Containerd {
             }))
             .await;
         absent_ok(r, || format!("remove snapshot {key}"))
+    }
+
+    /// A container record and its OCI spec, as JSON (what `ctr containers info` shows).
+    pub async fn container_with_spec(
+        &self,
+        id: &str,
+    ) -> Result<(
+        containerd_client::services::v1::Container,
+        serde_json::Value,
+    )> {
+        use containerd_client::services::v1::GetContainerRequest;
+        let ctr = self
+            .containers()
+            .get(self.req(GetContainerRequest { id: id.to_string() }))
+            .await
+            .map_err(ctrd(format!("get container {id}")))?
+            .into_inner()
+            .container
+            .ok_or_else(|| Error::internal(format!("containerd returned no container {id}")))?;
+        let spec = ctr.spec.as_ref().ok_or_else(|| {
+            Error::internal(format!("container {id} has no OCI spec in containerd"))
+        })?;
+        let value = serde_json::from_slice(&spec.value)
+            .map_err(|e| Error::internal(format!("container {id}: OCI spec is not JSON: {e}")))?;
+        Ok((ctr, value))
+    }
+
+    /// What containerd's CRI plugin shows from a container's record in verbose status info
+    /// (`runtimeSpec`, `snapshotKey`, `snapshotter`, `runtimeType`, `runtimeOptions`, and
+    /// with `image` the image the record names), written into the JSON object `info`.
+    pub async fn fill_verbose_info(
+        &self,
+        id: &str,
+        info: &mut serde_json::Value,
+        image: bool,
+    ) -> Result<()> {
+        use serde_json::json;
+        let (record, spec) = self.container_with_spec(id).await?;
+        info["runtimeSpec"] = spec;
+        info["snapshotKey"] = json!(record.snapshot_key);
+        info["snapshotter"] = json!(record.snapshotter);
+        if image {
+            info["image"] = json!(record.image);
+        }
+        if let Some(r) = record.runtime {
+            info["runtimeType"] = json!(r.name);
+            info["runtimeOptions"] = r
+                .options
+                .as_ref()
+                .map_or(serde_json::Value::Null, runtime_options_json);
+        }
+        Ok(())
     }
 
     /// containerd's version, which doubles as the health check behind RuntimeReady.
@@ -328,6 +373,69 @@ impl Containerd {
     }
 }
 
+/// A containerd channel whose calls are recorded in [`crate::metrics`]: latency to the
+/// response headers (the whole of a unary call; the opening of a stream), and the gRPC code,
+/// which containerd sends in the headers when a call fails (trailers-only) and which is
+/// `Unavailable` when containerd could not be reached.
+#[derive(Clone)]
+pub struct Observed<S>(S);
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Observed<S>
+where
+    S: tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<S::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let start = std::time::Instant::now();
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            let code = match &res {
+                Ok(r) => crate::metrics::header_code(r.headers()),
+                Err(_) => tonic::Code::Unavailable,
+            };
+            crate::metrics::containerd_call(&path, code, start.elapsed());
+            res
+        })
+    }
+}
+
+/// Runtime options as containerd's CRI plugin shows them: the runc shim's decoded, with the
+/// proto field names and zero fields left out as Go's JSON does (`{"systemd_cgroup":true}`);
+/// options of another type as their type URL, which is all peapod can say of them.
+fn runtime_options_json(any: &prost_types::Any) -> serde_json::Value {
+    use prost::Message;
+    if any.type_url.trim_start_matches("types.googleapis.com/")
+        == crate::keys::type_url::RUNC_OPTIONS
+    {
+        if let Ok(o) = crate::cgroup::driver::RuncOptions::decode(any.value.as_slice()) {
+            let mut v = serde_json::Map::new();
+            if o.systemd_cgroup {
+                v.insert("systemd_cgroup".into(), true.into());
+            }
+            return serde_json::Value::Object(v);
+        }
+    }
+    serde_json::json!({"@type": any.type_url})
+}
+
 fn absent_ok<T>(
     r: std::result::Result<T, tonic::Status>,
     what: impl FnOnce() -> String,
@@ -439,5 +547,29 @@ impl Containerd {
         self.delete_container(id).await?;
         self.remove_snapshot(snapshotter, id).await?;
         self.delete_lease(id).await
+    }
+}
+
+#[cfg(test)]
+mod verbose_tests {
+    use super::*;
+
+    #[test]
+    fn runc_options_show_as_containerd_shows_them() {
+        let any = crate::cgroup::Driver::Systemd
+            .runc_options("io.containerd.runc.v2")
+            .expect("runc options for the systemd driver");
+        assert_eq!(
+            runtime_options_json(&any),
+            serde_json::json!({"systemd_cgroup": true})
+        );
+        let other = prost_types::Any {
+            type_url: "example.com/Other".into(),
+            value: vec![1, 2],
+        };
+        assert_eq!(
+            runtime_options_json(&other),
+            serde_json::json!({"@type": "example.com/Other"})
+        );
     }
 }

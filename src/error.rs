@@ -62,6 +62,30 @@ impl Error {
     }
 }
 
+/// A gRPC code as grpc-go spells it (`codes.Code.String()`): what crictl prints, and what
+/// dashboards written for go-grpc-prometheus and containerd match on.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
 /// An OCI spec builder's refusal: peapod built something the spec does not allow.
 pub fn oci_err(e: oci_spec::OciSpecError) -> Error {
     Error::internal(format!("building OCI spec: {e}"))

@@ -1,4 +1,5 @@
-//! The peapod daemon: loads its settings, connects to containerd, serves the CRI.
+//! The peapod daemon: loads its settings, connects to containerd, serves the CRI; and its
+//! operator commands (`peapod check`, `peapod config default|show`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -6,11 +7,16 @@ use std::sync::Arc;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use peapod::config::{Cli, Config};
+use peapod::config::{Cli, Command, Config, ConfigCommand, DEFAULT_CONFIG_TOML};
 use peapod::pod::Node;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The defaults need no configuration, and print even when the config file is broken.
+    if let Some(Command::Config(ConfigCommand::Default)) = cli.command {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -18,16 +24,67 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    match &cli.command {
+        Some(Command::Config(_)) => show_config(&cli, &config),
+        Some(Command::Check(args)) => check(&config, args),
+        None => daemon(config),
+    }
+}
+
+fn show_config(cli: &Cli, config: &Config) -> ExitCode {
+    let text = match config.to_toml() {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("peapod: cannot start the async runtime: {e}");
+            eprintln!("peapod: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    let file = match &cli.config {
+        Some(p) => p.display().to_string(),
+        None if std::path::Path::new(peapod::config::DEFAULT_CONFIG_FILE).exists() => {
+            peapod::config::DEFAULT_CONFIG_FILE.to_string()
+        }
+        None => "none".to_string(),
+    };
+    println!("# peapod's effective configuration: defaults, config file ({file}), PEAPOD_* environment, flags.");
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        println!("# RUST_LOG={filter} is set and wins over log_level.");
+    }
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+fn check(config: &Config, args: &peapod::config::CheckArgs) -> ExitCode {
+    // Only what the checks themselves say goes to the terminal, unless RUST_LOG asks for more.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(rt) = async_runtime(Some(2)) else {
+        return ExitCode::FAILURE;
+    };
+    let findings = rt.block_on(peapod::check::run(config, args));
+    let mut failed = 0;
+    for f in &findings {
+        println!("{f}");
+        if f.verdict == peapod::check::Verdict::Fail {
+            failed += 1;
+        }
+    }
+    if failed == 0 {
+        println!("peapod check: all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        println!("peapod check: {failed} check(s) failed");
+        ExitCode::FAILURE
+    }
+}
+
+fn daemon(config: Config) -> ExitCode {
+    init_logging(&config);
+    let Some(rt) = async_runtime(None) else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -35,6 +92,22 @@ fn main() -> ExitCode {
             tracing::error!("{e}");
             eprintln!("peapod: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The multi-threaded async runtime (one worker per core unless `workers` says), or None
+/// after saying why it could not start.
+fn async_runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    match b.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("peapod: cannot start the async runtime: {e}");
+            None
         }
     }
 }
@@ -60,8 +133,18 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     let listener = peapod::server::bind(&listen).await?;
     let (streaming, stream_listener) =
         peapod::streaming::Streaming::bind(&config.stream_address, config.stream_port).await?;
+    let metrics = match config.metrics_address {
+        Some(addr) => Some(peapod::server::metrics::bind(addr).await?),
+        None => None,
+    };
     let node = Arc::new(Node::new(config)?);
     let rt = node.rt.clone();
+    if let Some(l) = metrics {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        }
+        peapod::server::metrics::spawn(rt.clone(), l);
+    }
     match rt.ctrd.capabilities().await {
         Ok(caps) => log_containerd(&caps, rt.ctrd.socket()),
         Err(e) => tracing::warn!("{e}; RuntimeReady stays false until it answers"),

@@ -1,7 +1,8 @@
 //! crictl v1.32.0 (from `../shared/bin`), the Go gRPC client operators debug with, against
 //! the rig's peapod: every crictl command for what peapod implements, with assertions on
-//! crictl's own output (`-o json` where it has one). Streaming commands (exec without -s,
-//! attach, port-forward) are not here.
+//! crictl's own output (`-o json` where it has one), and peapod's metrics endpoint after a
+//! lifecycle crictl drove. Streaming commands (exec without -s, attach, port-forward) are
+//! not here.
 
 mod common;
 #[path = "common/registry.rs"]
@@ -280,6 +281,81 @@ async fn runtime_info_and_a_pod_lifecycle() {
         let link = |pid: u64| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         assert_eq!(link(pid), link(pause_pid), "{ns} namespace of .info.pid");
     }
+    // The one-liner runbooks use to find a container's host pid: it is the task's pid as
+    // containerd has it, and a live process running the container's command.
+    let tmpl = crictl.ok(&[
+        "inspect",
+        "-o",
+        "go-template",
+        "--template",
+        "{{.info.pid}}",
+        &worker,
+    ]);
+    let tasks = rig.ctr(&["tasks", "ls"]);
+    let task_pid = String::from_utf8_lossy(&tasks.stdout)
+        .lines()
+        .find(|l| l.starts_with(&worker))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no task {worker} in ctr tasks ls"));
+    assert_eq!(tmpl.trim(), task_pid, "crictl inspect .info.pid");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", tmpl.trim())).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("line3"),
+        "pid {} is not the container's process",
+        tmpl.trim()
+    );
+    // The rest of containerd's ContainerInfo: config, snapshot and runtime.
+    assert_eq!(info["config"]["metadata"]["name"], "worker", "{i}");
+    assert_eq!(info["snapshotKey"], worker.as_str());
+    assert_eq!(info["snapshotter"], "overlayfs");
+    assert_eq!(info["runtimeType"], "io.containerd.runc.v2");
+    // inspectp: the pinned netns and the IP, as containerd reports them.
+    let netns = p["info"]["sandboxMetadata"]["Metadata"]["NetNSPath"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        Path::new(netns).starts_with(&rig.netns_dir) && Path::new(netns).exists(),
+        "netns {netns:?} not pinned under {}: {p}",
+        rig.netns_dir.display()
+    );
+    assert_eq!(p["info"]["sandboxMetadata"]["Metadata"]["IP"], ip, "{p}");
+    assert_eq!(
+        p["info"]["cniResult"]["Interfaces"]["eth0"]["IPConfigs"][0]["IP"],
+        ip
+    );
+    assert_eq!(
+        p["info"]["cniResult"]["Interfaces"]["eth0"]["Sandbox"],
+        netns
+    );
+    assert_eq!(p["info"]["processStatus"], "running");
+    assert_eq!(p["info"]["netNamespaceClosed"], false);
+    assert_eq!(p["info"]["image"], common::PAUSE);
+    assert_eq!(p["info"]["config"]["metadata"]["name"], "lifecycle");
+    assert!(
+        p["info"]["runtimeSpec"]["linux"]["namespaces"].is_array(),
+        "{p}"
+    );
+    let shown = crictl.ok(&[
+        "inspectp",
+        "-o",
+        "go-template",
+        "--template",
+        "{{.info.sandboxMetadata.Metadata.NetNSPath}} {{.status.network.ip}}",
+        &pod,
+    ]);
+    assert_eq!(shown.trim(), format!("{netns} {ip}"));
+    // The pause process is in that namespace.
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{pause_pid}/ns/net"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap(),
+        std::fs::metadata(netns)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap(),
+        "pause pid {pause_pid} is not in {netns}"
+    );
+
     // Short ids work as crictl users type them.
     assert_eq!(
         crictl.json(&["inspect", "-o", "json", &worker[..12]])["status"]["id"],
@@ -647,6 +723,18 @@ async fn images_pull_list_inspect_remove() {
 
     let i = crictl.json(&["inspecti", "-o", "json", &r#ref]);
     assert_eq!(i["status"]["id"], img.config_digest.as_str(), "{i}");
+    // containerd's verbose image info: the chain id and the image config.
+    assert!(
+        i["info"]["chainID"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("sha256:")),
+        "{i}"
+    );
+    assert_eq!(i["info"]["imageSpec"]["os"], "linux", "{i}");
+    assert!(
+        i["info"]["imageSpec"]["rootfs"]["diff_ids"].is_array(),
+        "{i}"
+    );
     assert_eq!(i["status"]["repoTags"], json!([r#ref]));
     // By id too.
     assert_eq!(
@@ -728,4 +816,84 @@ async fn stop_and_remove_of_unknown_ids_succeed() {
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// The metrics endpoint after a pod lifecycle driven by crictl (grpc-go, as kubelet): each
+/// call counted under its method and code, its latency in the histogram, and the objects by
+/// state back to zero once the pod is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_crictl_did() {
+    use common::metrics::{assert_answered_once, cri, sample, scrape};
+    let Some(bin) = common::bins::require("metrics_count_what_crictl_did", "crictl") else {
+        return;
+    };
+    let port = common::bins::free_port();
+    let rig = Rig::start_with(vec![
+        "--metrics-address".into(),
+        format!("127.0.0.1:{port}"),
+    ])
+    .await;
+    let crictl = Crictl::new(bin, &rig);
+    let pod_cfg = write_json(&rig, "pod.json", &pod_json(&rig, "scraped"));
+    let c_cfg = write_json(
+        &rig,
+        "c.json",
+        &container_json("web", &until_term("exit 0")),
+    );
+    let pod = crictl.ok(&["runp", &pod_cfg]).trim().to_string();
+    let c = crictl
+        .ok(&["create", &pod, &c_cfg, &pod_cfg])
+        .trim()
+        .to_string();
+    crictl.ok(&["start", &c]);
+    assert_eq!(crictl.ok(&["exec", "-s", &c, "echo", "hi"]).trim(), "hi");
+
+    // While it runs: one pod ready, one container running.
+    let text = scrape(port);
+    let series = |name: &str, state: &str| format!("peapod_{name}{{state=\"{state}\"}}");
+    assert_eq!(
+        sample(&text, &series("pod_sandboxes", "ready")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &series("containers", "running")),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A call that fails, counted under its code as grpc-go names it.
+    let unknown = "e".repeat(64);
+    let r = crictl.run(&["inspectp", &unknown]);
+    assert_ne!(r.code, 0, "inspectp of an unknown pod: {}", r.stdout);
+    crictl.ok(&["stop", &c]);
+    crictl.ok(&["rm", &c]);
+    crictl.ok(&["stopp", &pod]);
+    crictl.ok(&["rmp", &pod]);
+
+    let text = scrape(port);
+    for method in [
+        "RunPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "ExecSync",
+        "StopContainer",
+        "RemoveContainer",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+    ] {
+        assert_answered_once(&text, method);
+    }
+    assert!(
+        sample(&text, &cri("PodSandboxStatus", "NotFound")).is_some_and(|n| n >= 1.0),
+        "PodSandboxStatus NotFound in\n{text}"
+    );
+    assert!(sample(&text, &cri("Version", "OK")).is_some_and(|n| n >= 1.0));
+    assert_eq!(sample(&text, &series("pod_sandboxes", "ready")), Some(0.0));
+    assert_eq!(
+        sample(&text, &series("pod_sandboxes", "notready")),
+        Some(0.0)
+    );
+    assert_eq!(sample(&text, &series("containers", "running")), Some(0.0));
+    assert_eq!(sample(&text, &series("containers", "exited")), Some(0.0));
 }

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 /// Layers, top first. A module may import modules of its own layer or below; see [`PEERS`]
 /// for the domain layer.
 const LAYERS: &[(&str, &[&str])] = &[
+    // `peapod check` asks the same modules the daemon does; only main.rs calls it.
+    ("commands", &["check"]),
     ("gRPC server", &["server"]),
     ("pod orchestration", &["pod"]),
     ("domain", &["sandbox", "container", "image", "streaming"]),
@@ -31,11 +33,13 @@ const LAYERS: &[(&str, &[&str])] = &[
             "containerd",
             "containerd_caps",
             "config",
+            "metrics",
             "cgroup",
             "signal",
             "keys",
             "error",
             "id",
+            "uds",
         ],
     ),
 ];

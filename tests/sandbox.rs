@@ -102,7 +102,10 @@ async fn sandbox_gets_netns_ip_hostname_and_dns() {
     assert_ne!(ip_a, ip_b, "two sandboxes share an IP");
 
     // The pinned netns holds eth0 with exactly that IP.
-    let netns = info(&sa)["netns"].as_str().unwrap().to_string();
+    let netns = info(&sa)["sandboxMetadata"]["Metadata"]["NetNSPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
         netns.starts_with(rig.netns_dir.to_str().unwrap()),
         "{netns}"

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use peapod::cri::image_service_client::ImageServiceClient;
 use peapod::cri::runtime_service_client::RuntimeServiceClient;
@@ -70,13 +70,57 @@ enum Cmd {
     Pull { image: String },
     /// List containers (ListContainers).
     Ps,
+    /// Create and start a container in a pod; prints its id (CreateContainer + StartContainer).
+    /// peapod takes the pod's config from its own record, so none is sent.
+    Run {
+        /// The pod sandbox's id.
+        pod: String,
+        name: String,
+        #[arg(long)]
+        image: String,
+        /// Environment variable KEY=VALUE; repeat for several.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Command and arguments [default: the image's entrypoint and cmd].
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Run a command in a running container and print its output; exits with the command's
+    /// exit code. Through the streaming server (Exec, SPDY as crictl and kubelet use it), or
+    /// with --sync through ExecSync.
+    Exec {
+        id: String,
+        /// Use ExecSync instead of the streaming server.
+        #[arg(long)]
+        sync: bool,
+        /// With --sync: seconds before the command is killed (0: no limit).
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: i64,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a container's log (the CRI log file ContainerStatus names).
+    Logs { id: String },
+    /// Stop a container (StopContainer).
+    Stop {
+        id: String,
+        /// Seconds to wait after the stop signal before SIGKILL.
+        #[arg(long, default_value_t = 10)]
+        timeout: i64,
+    },
+    /// Remove a container (RemoveContainer).
+    Rm { id: String },
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // As other command-line tools: output into a closed pipe (`| head`) ends the process
+    // quietly instead of a panic in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("peapodctl: {e}");
             ExitCode::FAILURE
@@ -93,7 +137,7 @@ enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Rpc(s) => write!(f, "{}: {}", code_name(s.code()), s.message()),
+            Failure::Rpc(s) => write!(f, "{}: {}", peapod::error::code_name(s.code()), s.message()),
             Failure::Connect(m) => write!(f, "Unavailable: {m}"),
         }
     }
@@ -105,45 +149,11 @@ impl From<tonic::Status> for Failure {
     }
 }
 
-/// gRPC code names as grpc-go and crictl print them.
-fn code_name(c: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match c {
-        Ok => "OK",
-        Cancelled => "Canceled",
-        Unknown => "Unknown",
-        InvalidArgument => "InvalidArgument",
-        DeadlineExceeded => "DeadlineExceeded",
-        NotFound => "NotFound",
-        AlreadyExists => "AlreadyExists",
-        PermissionDenied => "PermissionDenied",
-        ResourceExhausted => "ResourceExhausted",
-        FailedPrecondition => "FailedPrecondition",
-        Aborted => "Aborted",
-        OutOfRange => "OutOfRange",
-        Unimplemented => "Unimplemented",
-        Internal => "Internal",
-        Unavailable => "Unavailable",
-        DataLoss => "DataLoss",
-        Unauthenticated => "Unauthenticated",
-    }
-}
-
 async fn connect(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> {
     let path = PathBuf::from(endpoint.strip_prefix("unix://").unwrap_or(endpoint));
-    let p = path.clone();
-    Endpoint::try_from("http://[::]")
-        .map_err(|e| Failure::Connect(e.to_string()))?
-        .connect_timeout(timeout)
+    peapod::uds::endpoint(timeout)
         .timeout(timeout)
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
+        .connect_with_connector(peapod::uds::connector(path.clone()))
         .await
         .map_err(|e| {
             let cause = std::error::Error::source(&e)
@@ -153,7 +163,7 @@ async fn connect(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> 
         })
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let ch = connect(&cli.endpoint, Duration::from_secs(cli.timeout)).await?;
     let mut rs = RuntimeServiceClient::new(ch.clone());
     let mut is = ImageServiceClient::new(ch);
@@ -422,8 +432,156 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             print_table(&rows);
         }
+        Cmd::Run {
+            pod,
+            name,
+            image,
+            env,
+            command,
+        } => {
+            let envs = env
+                .iter()
+                .map(|kv| {
+                    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+                    KeyValue {
+                        key: key.into(),
+                        value: value.into(),
+                    }
+                })
+                .collect();
+            let config = ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: name.clone(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image,
+                    ..Default::default()
+                }),
+                command,
+                envs,
+                log_path: format!("{name}.log"),
+                ..Default::default()
+            };
+            let id = rs
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod,
+                    config: Some(config),
+                    sandbox_config: None,
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            rs.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            println!("{id}");
+        }
+        Cmd::Exec {
+            id,
+            sync: false,
+            command,
+            ..
+        } => {
+            let url = rs
+                .exec(ExecRequest {
+                    container_id: id,
+                    cmd: command,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .url;
+            let stream_err =
+                |e: std::io::Error| Failure::Connect(format!("exec stream {url}: {e}"));
+            let (conn, _) = peapod::streaming::client::connect(&url, &["v4.channel.k8s.io"])
+                .await
+                .map_err(stream_err)?;
+            let r = peapod::streaming::client::run_command(&conn, None, true)
+                .await
+                .map_err(stream_err)?;
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&r.stdout);
+            let _ = std::io::stderr().write_all(&r.stderr);
+            let code = r.exit_code().ok_or_else(|| {
+                Failure::Connect(format!(
+                    "exec ended without an exit status: {}",
+                    String::from_utf8_lossy(&r.status)
+                ))
+            })?;
+            return Ok(ExitCode::from(code.min(255) as u8));
+        }
+        Cmd::Exec {
+            id,
+            sync: true,
+            timeout_secs,
+            command,
+        } => {
+            let r = rs
+                .exec_sync(ExecSyncRequest {
+                    container_id: id,
+                    cmd: command,
+                    timeout: timeout_secs,
+                })
+                .await?
+                .into_inner();
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&r.stdout);
+            let _ = std::io::stderr().write_all(&r.stderr);
+            return Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8));
+        }
+        Cmd::Logs { id } => {
+            let st = rs
+                .container_status(ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                })
+                .await?
+                .into_inner()
+                .status
+                .unwrap_or_default();
+            if st.log_path.is_empty() {
+                return Err(Failure::Connect(format!("container {id} has no log file")));
+            }
+            let text = std::fs::read_to_string(&st.log_path)
+                .map_err(|e| Failure::Connect(format!("read {}: {e}", st.log_path)))?;
+            print!("{}", cri_log_text(&text));
+        }
+        Cmd::Stop { id, timeout } => {
+            rs.stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout,
+            })
+            .await?;
+            println!("{id}");
+        }
+        Cmd::Rm { id } => {
+            rs.remove_container(RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            println!("{id}");
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The messages of a CRI log file (`<time> <stream> <P|F> <message>` per line), partial
+/// lines (`P`) joined with what follows, as `crictl logs` prints them.
+fn cri_log_text(file: &str) -> String {
+    let mut out = String::new();
+    for line in file.lines() {
+        let mut f = line.splitn(4, ' ');
+        let (_, _, tag, msg) = (f.next(), f.next(), f.next(), f.next().unwrap_or(""));
+        out.push_str(msg);
+        if tag != Some("P") {
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
@@ -592,6 +750,14 @@ mod tests {
             split_tag("localhost:5000/a"),
             ("localhost:5000/a".into(), "<none>".into())
         );
+    }
+
+    #[test]
+    fn log_lines() {
+        let f = "2026-01-01T00:00:00Z stdout F hello\n\
+                 2026-01-01T00:00:00Z stderr P par\n\
+                 2026-01-01T00:00:00Z stderr F tial\n";
+        assert_eq!(cri_log_text(f), "hello\npartial\n");
     }
 
     #[test]

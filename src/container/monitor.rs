@@ -37,7 +37,7 @@ pub fn emit(rt: &Runtime, c: &Container, kind: cri::ContainerEventType) {
         .sandboxes
         .get(&c.meta.sandbox_id)
         .ok()
-        .and_then(|sb| sb.status(false).status);
+        .and_then(|sb| sb.status().status);
     let _ = rt.events.send(cri::ContainerEventResponse {
         container_id: c.id.clone(),
         container_event_type: kind as i32,

@@ -4,9 +4,7 @@
 //! updates change one part and must hand every other field back to runc untouched, including
 //! fields a typed round trip might not know.
 
-use containerd_client::services::v1::{
-    Container as CtrdContainer, GetContainerRequest, UpdateContainerRequest,
-};
+use containerd_client::services::v1::{Container as CtrdContainer, UpdateContainerRequest};
 use serde_json::Value;
 
 use std::sync::Arc;
@@ -17,21 +15,7 @@ use crate::runtime::Runtime;
 
 /// The containerd container record and its spec.
 pub async fn get(c: &Containerd, id: &str) -> Result<(CtrdContainer, Value)> {
-    let ctr = c
-        .containers()
-        .get(c.req(GetContainerRequest { id: id.to_string() }))
-        .await
-        .map_err(ctrd(format!("get container {id}")))?
-        .into_inner()
-        .container
-        .ok_or_else(|| Error::internal(format!("containerd returned no container {id}")))?;
-    let spec = ctr
-        .spec
-        .as_ref()
-        .ok_or_else(|| Error::internal(format!("container {id} has no OCI spec in containerd")))?;
-    let value = serde_json::from_slice(&spec.value)
-        .map_err(|e| Error::internal(format!("container {id}: OCI spec is not JSON: {e}")))?;
-    Ok((ctr, value))
+    c.container_with_spec(id).await
 }
 
 /// What an exec process is made from: `{"process": <the spec's process>}`, read from

@@ -170,7 +170,12 @@ impl Puller {
         // Pulls with different credentials do not share: one must not ride on another's
         // secret. The key is never logged.
         let key = format!("{name}|{:x}", creds.fingerprint());
-        let job = PullJob {
+        let job = self.job(name, parsed, creds);
+        self.running.run(&key, move || job.run()).await
+    }
+
+    fn job(&self, name: String, parsed: Parsed, creds: PullCredentials) -> PullJob {
+        PullJob {
             ctrd: self.ctrd.clone(),
             images: self.images.clone(),
             snapshotter: self.snapshotter.clone(),
@@ -180,8 +185,22 @@ impl Puller {
             name,
             parsed,
             creds,
+        }
+    }
+
+    /// Resolves `image` at its registry (mirrors first, as a pull would) without pulling it:
+    /// the host that answered and the manifest digest. `peapod check` asks this of the
+    /// sandbox image.
+    pub async fn resolve(&self, image: &str) -> Result<(String, String)> {
+        let name = reference::normalize(image)?;
+        let parsed = Parsed::new(&name)?;
+        let creds = PullCredentials {
+            auth: None,
+            file: self.credentials_file.clone(),
         };
-        self.running.run(&key, move || job.run()).await
+        let job = self.job(name, parsed, creds);
+        let (_, host, _, digest) = job.resolve(&Progress::new()).await?;
+        Ok((host, digest))
     }
 }
 
@@ -332,6 +351,11 @@ impl PullJob {
             r = self.pull(&lease, &progress, &ingests) => r,
             e = self.watchdog(&progress) => Err(e),
         };
+        crate::metrics::image_pull(
+            result.is_ok(),
+            progress.bytes.load(Ordering::Relaxed),
+            progress.start.elapsed(),
+        );
         match result {
             Ok(id) => {
                 // The image records now hold everything; the lease's references can go.

@@ -213,6 +213,13 @@ impl Exec {
     /// returns the last result. If a plugin fails, the whole list is deleted again before the
     /// error is returned, so plugins that already succeeded do not leak (IPs, veths, rules).
     pub async fn add_list(&self, list: &NetConfList, rt: &RuntimeConf) -> Result<Value> {
+        let start = std::time::Instant::now();
+        let r = self.add_each(list, rt).await;
+        crate::metrics::cni_operation("ADD", r.is_ok(), start.elapsed());
+        r
+    }
+
+    async fn add_each(&self, list: &NetConfList, rt: &RuntimeConf) -> Result<Value> {
         let mut prev: Option<Value> = None;
         for plugin in &list.plugins {
             let conf = plugin_config(list, plugin, prev.as_ref(), rt);
@@ -240,6 +247,18 @@ impl Exec {
     /// DEL is idempotent by the spec, so a failing plugin does not stop the others: the IPAM
     /// release further down the list still happens. The first failure is returned.
     pub async fn del_list(
+        &self,
+        list: &NetConfList,
+        rt: &RuntimeConf,
+        prev: Option<&Value>,
+    ) -> Result<()> {
+        let start = std::time::Instant::now();
+        let r = self.del_each(list, rt, prev).await;
+        crate::metrics::cni_operation("DEL", r.is_ok(), start.elapsed());
+        r
+    }
+
+    async fn del_each(
         &self,
         list: &NetConfList,
         rt: &RuntimeConf,
@@ -427,6 +446,87 @@ pub fn plugin_config(
         conf.remove("runtimeConfig");
     }
     Value::Object(conf)
+}
+
+/// A CNI result in the shape containerd's PodSandboxStatus verbose info gives it
+/// (`cniResult`: go-cni's `Result` as Go marshals it): `Interfaces` by name, each with its
+/// `IPConfigs` (`IP` without prefix length, `Gateway`), `Mac` and `Sandbox`; then `DNS` (one
+/// entry per network) and `Routes`. IPs a result does not tie to an interface belong to the
+/// default one, `ifname`, which is always present as in go-cni.
+pub fn go_cni_result(result: &Value, ifname: &str) -> Value {
+    let mut interfaces = Map::new();
+    interfaces.insert(ifname.to_string(), go_cni_interface("", ""));
+    let listed: Vec<&Value> = result
+        .get("interfaces")
+        .and_then(|i| i.as_array())
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let name_of = |i: &Value| {
+        i.get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    for i in &listed {
+        let str_of = |k: &str| i.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        interfaces.insert(
+            name_of(i),
+            go_cni_interface(str_of("mac"), str_of("sandbox")),
+        );
+    }
+    let mut add_ip = |name: String, address: &str, gateway: Option<&str>| {
+        let ip = address.split('/').next().unwrap_or(address);
+        let entry = interfaces
+            .entry(name)
+            .or_insert_with(|| go_cni_interface("", ""));
+        let configs = &mut entry["IPConfigs"];
+        if !configs.is_array() {
+            *configs = Value::Array(Vec::new());
+        }
+        if let Some(a) = configs.as_array_mut() {
+            a.push(serde_json::json!({"IP": ip, "Gateway": gateway}));
+        }
+    };
+    if let Some(ips) = result.get("ips").and_then(|i| i.as_array()) {
+        for ip in ips {
+            let Some(address) = ip.get("address").and_then(|a| a.as_str()) else {
+                continue;
+            };
+            let name = ip
+                .get("interface")
+                .and_then(|i| i.as_u64())
+                .and_then(|i| listed.get(i as usize))
+                .map(|i| name_of(i))
+                .unwrap_or_else(|| ifname.to_string());
+            add_ip(name, address, ip.get("gateway").and_then(|g| g.as_str()));
+        }
+    } else {
+        for key in ["ip4", "ip6"] {
+            if let Some(v) = result.get(key) {
+                if let Some(address) = v.get("ip").and_then(|a| a.as_str()) {
+                    add_ip(
+                        ifname.to_string(),
+                        address,
+                        v.get("gateway").and_then(|g| g.as_str()),
+                    );
+                }
+            }
+        }
+    }
+    let routes: Vec<Value> = result
+        .get("routes")
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
+    serde_json::json!({
+        "Interfaces": interfaces,
+        "DNS": [result.get("dns").cloned().unwrap_or_else(|| serde_json::json!({}))],
+        "Routes": if routes.is_empty() { Value::Null } else { Value::Array(routes) },
+    })
+}
+
+fn go_cni_interface(mac: &str, sandbox: &str) -> Value {
+    serde_json::json!({"IPConfigs": null, "Mac": mac, "Sandbox": sandbox})
 }
 
 /// The IPs (without prefix length) a result assigns to `ifname` inside the container, IPv4
@@ -746,5 +846,38 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(d.path().join("stdin-DEL-old")).unwrap())
                 .unwrap();
         assert!(stdin.get("prevResult").is_none());
+    }
+
+    #[test]
+    fn a_result_in_go_cni_shape_ties_each_ip_to_its_interface() {
+        let r = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": "cni0", "mac": "aa:aa:aa:aa:aa:aa"},
+                {"name": "vethx", "mac": "bb:bb:bb:bb:bb:bb"},
+                {"name": "eth0", "mac": "cc:cc:cc:cc:cc:cc", "sandbox": "/var/run/netns/p"}
+            ],
+            "ips": [
+                {"address": "10.88.0.7/16", "gateway": "10.88.0.1", "interface": 2},
+                {"address": "fd00::7/64", "interface": 2}
+            ],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {"nameservers": ["10.96.0.10"]}
+        });
+        let g = go_cni_result(&r, "eth0");
+        let eth0 = &g["Interfaces"]["eth0"];
+        assert_eq!(eth0["Sandbox"], "/var/run/netns/p");
+        assert_eq!(eth0["Mac"], "cc:cc:cc:cc:cc:cc");
+        assert_eq!(eth0["IPConfigs"][0]["IP"], "10.88.0.7");
+        assert_eq!(eth0["IPConfigs"][0]["Gateway"], "10.88.0.1");
+        assert_eq!(eth0["IPConfigs"][1]["IP"], "fd00::7");
+        assert_eq!(eth0["IPConfigs"][1]["Gateway"], Value::Null);
+        assert_eq!(g["Interfaces"]["cni0"]["IPConfigs"], Value::Null);
+        assert_eq!(g["Routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(g["DNS"][0]["nameservers"][0], "10.96.0.10");
+        // 0.2.0 results: everything on the default interface.
+        let old = serde_json::json!({"ip4": {"ip": "10.1.2.3/24", "gateway": "10.1.2.1"}});
+        let g = go_cni_result(&old, "eth0");
+        assert_eq!(g["Interfaces"]["eth0"]["IPConfigs"][0]["IP"], "10.1.2.3");
     }
 }

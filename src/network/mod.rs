@@ -199,6 +199,13 @@ impl Network {
         Ok(())
     }
 
+    /// The result of the sandbox's CNI ADD, in the shape containerd reports it
+    /// ([`cni::go_cni_result`]); None when the sandbox is not attached.
+    pub fn attachment(&self, sandbox_id: &str) -> Option<Value> {
+        let cached: CachedAttachment = read_json(&self.cache_path(sandbox_id).ok()?).ok()??;
+        Some(cni::go_cni_result(&cached.result, POD_IFNAME))
+    }
+
     fn current_list(&self, req: &PodNetworkRequest) -> Option<cni::NetConfList> {
         match cni::load_default(&self.conf_dir) {
             Ok(l) => Some(l),

@@ -2,5 +2,6 @@
 //! container in containerd that holds the pod's namespaces.
 
 pub mod files;
+pub mod inspect;
 pub mod lifecycle;
 pub mod spec;

@@ -3,6 +3,7 @@
 pub mod authority;
 mod deadline;
 mod image_rpc;
+pub mod metrics;
 pub mod recovery;
 mod runtime_rpc;
 
@@ -87,7 +88,12 @@ pub async fn serve(
             .max_encoding_message_size(64 << 20),
     )
     .prepare();
-    let service = deadline::Deadline(RpcTrace(recovery::Recovered { inner: routes, rt }));
+    // The deadline inside the trace, so a call cut short by it is logged and counted with
+    // the DEADLINE_EXCEEDED it answered.
+    let service = RpcTrace(deadline::Deadline(recovery::Recovered {
+        inner: routes,
+        rt,
+    }));
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -147,7 +153,8 @@ async fn serve_connection<S>(
 
 static NEXT_RPC: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Logs every RPC's method, gRPC status and latency at debug level.
+/// Logs every RPC's method, gRPC status and latency at debug level, and records them in
+/// [`crate::metrics`].
 #[derive(Clone)]
 pub struct RpcTrace<S>(S);
 
@@ -171,13 +178,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let path = req.uri().path().to_string();
+        let method = path.rsplit('/').next().unwrap_or_default().to_string();
         // Everything logged while serving this call carries its sequence number and method,
         // so one RPC's lines can be picked out of a busy node's log.
         let seq = NEXT_RPC.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -186,26 +188,52 @@ where
             let _entered = span.enter();
             self.0.call(req)
         };
+        let mut call = CallRecord {
+            path,
+            start: Instant::now(),
+            done: false,
+        };
         Box::pin(tracing::Instrument::instrument(
             async move {
-                let start = Instant::now();
                 let res = fut.await;
-                let grpc_status = res
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r.headers().get("grpc-status"))
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0")
-                    .to_string();
-                tracing::debug!(
-                    rpc = %method,
-                    grpc_status = %grpc_status,
-                    latency_us = start.elapsed().as_micros() as u64,
-                    "CRI call"
-                );
+                let code = match &res {
+                    Ok(r) => crate::metrics::header_code(r.headers()),
+                    Err(_) => tonic::Code::Internal,
+                };
+                call.finish(code);
                 res
             },
             span,
         ))
+    }
+}
+
+/// One CRI call being served: logged and recorded in the metrics when answered, or, if the
+/// client goes away first (its future is dropped), as `Cancelled`.
+struct CallRecord {
+    path: String,
+    start: Instant,
+    done: bool,
+}
+
+impl CallRecord {
+    fn finish(&mut self, code: tonic::Code) {
+        self.done = true;
+        let elapsed = self.start.elapsed();
+        tracing::debug!(
+            rpc = %self.path.rsplit('/').next().unwrap_or_default(),
+            grpc_status = code as i32,
+            latency_us = elapsed.as_micros() as u64,
+            "CRI call"
+        );
+        crate::metrics::cri_call(&self.path, code, elapsed);
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(tonic::Code::Cancelled);
+        }
     }
 }

@@ -11,6 +11,7 @@ use crate::container;
 use crate::cri::*;
 use crate::error::Error;
 use crate::pod;
+use crate::sandbox;
 use crate::server::Peapod;
 
 /// An id field the RPC cannot do without.
@@ -69,7 +70,11 @@ impl runtime_service_server::RuntimeService for Peapod {
         let req = req.into_inner();
         require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
         let sb = self.rt().sandboxes.get(&req.pod_sandbox_id)?;
-        Ok(Response::new(sb.status(req.verbose)))
+        let mut resp = sb.status();
+        if req.verbose {
+            resp.info = sandbox::inspect::verbose_info(self.rt(), &self.node.network, &sb).await;
+        }
+        Ok(Response::new(resp))
     }
 
     async fn list_pod_sandbox(

@@ -1,7 +1,6 @@
 //! What peapod knows of each pod sandbox: the in-memory index served to List/Status, and the
 //! state containerd cannot keep, persisted per sandbox.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -157,7 +156,8 @@ impl Sandbox {
         }
     }
 
-    pub fn status(&self, verbose: bool) -> cri::PodSandboxStatusResponse {
+    /// The status without verbose info (`sandbox::inspect` adds that).
+    pub fn status(&self) -> cri::PodSandboxStatusResponse {
         let st = self.state();
         let mut ips = st.ips.iter();
         let network = cri::PodSandboxNetworkStatus {
@@ -179,19 +179,9 @@ impl Sandbox {
             annotations: self.config.annotations.clone(),
             runtime_handler: self.runtime_handler.clone(),
         };
-        let mut info = HashMap::new();
-        if verbose {
-            let v = serde_json::json!({
-                "pid": st.pid,
-                "netns": st.netns_path,
-                "stateDir": self.dir,
-                "networkAttached": st.network_attached,
-            });
-            info.insert("info".to_string(), v.to_string());
-        }
         cri::PodSandboxStatusResponse {
             status: Some(status),
-            info,
+            info: Default::default(),
             containers_statuses: vec![],
             timestamp: 0,
         }

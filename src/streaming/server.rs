@@ -114,6 +114,7 @@ fn spdy_upgrade(rt: Arc<Runtime>, cached: Cached, req: Request<Incoming>) -> Res
         rh.insert(PROTOCOL_HEADER, v);
     }
     tokio::spawn(async move {
+        let _session = crate::metrics::streaming_session(cached.kind());
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {

@@ -195,6 +195,7 @@ pub fn upgrade(rt: Arc<Runtime>, cached: Cached, req: Request<Incoming>) -> Resp
         }
     }
     tokio::spawn(async move {
+        let _session = crate::metrics::streaming_session(cached.kind());
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {

@@ -8,6 +8,7 @@ pub mod bins;
 pub mod cri;
 pub mod inventory;
 pub mod kubelet;
+pub mod metrics;
 pub mod oci;
 
 use std::path::{Path, PathBuf};
