@@ -227,7 +227,6 @@ async fn create_in(
         created_at,
         ..Default::default()
     };
-    let mut net_req = None;
     if !host_net {
         let path = crate::timed!("s.netns", network.create_netns(&netns_name(id)))?;
         made.netns = Some(path.clone());
@@ -235,90 +234,18 @@ async fn create_in(
         // Recorded before CNI ADD: if peapod dies during it, recovery finds the namespace
         // and runs DEL (idempotent), so no IP or veth outlives a crash.
         state.network_attached = true;
-        store::write_json_atomic(&state_file(&dir), &state)?;
+        crate::timed!(
+            "s.state1",
+            store::write_json_atomic(&state_file(&dir), &state)
+        )?;
         let req = network_request(id, &config, path);
         made.network = Some(req.clone());
-        net_req = Some(req);
-    }
-
-    // CNI ADD and the pause container's creation (snapshot, record, runc create) need
-    // nothing of each other: the pause spec names the network namespace, which exists,
-    // not its addresses. They run side by side; the task starts once both are done. Each
-    // side finishes before the error of either is returned, so the undo sees all that was
-    // made.
-    let attach = async {
-        match &net_req {
-            Some(req) => crate::timed!("s.cni", network.setup(req).await).map(Some),
-            None => Ok(None),
-        }
-    };
-    let pause = create_pause(
-        rt,
-        host,
-        PauseInput {
-            id,
-            name,
-            image,
-            config: &config,
-            hostname: &hostname,
-            netns: state.netns_path.as_deref(),
-            created_at,
-        },
-        made,
-    );
-    let (attached, paused) = tokio::join!(attach, pause);
-    if let Some(net) = attached? {
+        let net = crate::timed!("s.cni", network.setup(&req).await)?;
         state.ips = net.ips;
+        state.network_attached = true;
     }
-    paused?;
-
-    let pid = crate::timed!("s.taskstart", task::start(&rt.ctrd, id).await)?;
-    state.pid = pid;
-    state.ready = true;
     store::write_json_atomic(&state_file(&dir), &state)?;
 
-    let sb = Arc::new(Sandbox::new(
-        id.to_string(),
-        name.to_string(),
-        config,
-        handler,
-        dir,
-        state,
-    ));
-    rt.sandboxes.insert(sb.clone());
-    watch_pause(rt.clone(), sb);
-    tracing::info!(sandbox = %id, pod = %name, pid, "pod sandbox ready");
-    Ok(())
-}
-
-/// What the pause container is made from.
-struct PauseInput<'a> {
-    id: &'a str,
-    name: &'a str,
-    image: &'a ImageInfo,
-    config: &'a cri::PodSandboxConfig,
-    hostname: &'a str,
-    netns: Option<&'a std::path::Path>,
-    created_at: i64,
-}
-
-/// The pause container up to its created (not started) task: snapshot, record, runc create.
-async fn create_pause(
-    rt: &Runtime,
-    host: &HostInfo,
-    input: PauseInput<'_>,
-    made: &mut Made,
-) -> Result<()> {
-    let PauseInput {
-        id,
-        name,
-        image,
-        config,
-        hostname,
-        netns,
-        created_at,
-    } = input;
-    let c = &rt.ctrd;
     let what = format!("sandbox {id}");
     let mounts = crate::timed!(
         "s.prepare",
@@ -329,10 +256,10 @@ async fn create_pause(
 
     let spec = crate::spec::sandbox_spec(&crate::spec::SandboxSpecInput {
         id,
-        config,
+        config: &config,
         image: &image.config,
-        hostname,
-        netns,
+        hostname: &hostname,
+        netns: state.netns_path.as_deref(),
         cgroups_path: host.cgroup_driver.sandbox_cgroups_path(
             config
                 .linux
@@ -371,13 +298,29 @@ async fn create_pause(
         "s.create",
         c.create_container(&rt.config, record, &what).await
     )?;
-    // Likewise: an interrupted create may have left a task behind.
-    made.task = true;
+
     crate::timed!(
         "s.taskcreate",
         task::create(c, id, mounts, task::NO_IO).await
-    )
-    .map(|_| ())
+    )?;
+    made.task = true;
+    let pid = crate::timed!("s.taskstart", task::start(c, id).await)?;
+    state.pid = pid;
+    state.ready = true;
+    store::write_json_atomic(&state_file(&dir), &state)?;
+
+    let sb = Arc::new(Sandbox::new(
+        id.to_string(),
+        name.to_string(),
+        config,
+        handler,
+        dir,
+        state,
+    ));
+    rt.sandboxes.insert(sb.clone());
+    watch_pause(rt.clone(), sb);
+    tracing::info!(sandbox = %id, pod = %name, pid, "pod sandbox ready");
+    Ok(())
 }
 
 /// Undoes a failed RunPodSandbox, logging (not returning) failures so every step is tried.
