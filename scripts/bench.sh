@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks peapod against containerd's built-in CRI plugin, side by side in one run
 # (examples/bench.rs), and prints a table of ratios (peapod / containerd-cri).
-#   sudo bash scripts/bench.sh [-n PODS] [--list-calls CALLS] [--out FILE]
-# Default output file: target/bench.json.
+#   sudo bash scripts/bench.sh [--quick] [-n PODS] [--running N] [--large N] [--cycles N] [--out FILE]
+# The defaults are the full figures (several minutes); --quick checks the benchmark itself.
+# `target/release/examples/bench --help` lists every setting. Default output file:
+# target/bench.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh

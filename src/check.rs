@@ -202,7 +202,7 @@ fn builtin_cri(caps: &Capabilities) -> Finding {
 async fn sandbox_image(c: &Containerd, config: &Config) -> Finding {
     const CHECK: &str = "sandbox image";
     let image = &config.sandbox_image;
-    let store = ImageStore::new(c.clone());
+    let store = ImageStore::new(c.clone(), &config.snapshotter);
     let inventory = Inventory {
         ctrd: c,
         store: &store,
@@ -228,7 +228,7 @@ async fn sandbox_image(c: &Containerd, config: &Config) -> Finding {
             )
         }
     }
-    let puller = Puller::new(c.clone(), config);
+    let puller = Puller::new(&store, config);
     match tokio::time::timeout(std::time::Duration::from_secs(60), puller.resolve(image)).await {
         Ok(Ok((host, digest))) => Finding::ok(
             CHECK,

@@ -92,3 +92,19 @@ pub mod cri_json {
 pub const RUNTIME_NAME: &str = "peapod";
 /// CRI API version peapod implements.
 pub const CRI_VERSION: &str = "v1";
+
+/// Evaluates `$e` and logs, at debug level, how long it took as step `$what`: the per-step
+/// timings that show where a lifecycle RPC spends its time (`--log-level debug`).
+#[macro_export]
+macro_rules! timed {
+    ($what:expr, $e:expr) => {{
+        let __t = std::time::Instant::now();
+        let __r = $e;
+        tracing::debug!(
+            step = $what,
+            us = __t.elapsed().as_micros() as u64,
+            "step done"
+        );
+        __r
+    }};
+}

@@ -155,6 +155,10 @@ async fn run(config: Config) -> peapod::error::Result<()> {
     // so Status can say why the runtime is not ready.
     // Before recovery, so no OOM kill reported meanwhile is missed.
     peapod::container::oom::watch(rt.clone());
+    // Loads the image index and keeps it current with containerd's image events.
+    peapod::image::watch::watch(node.images.clone());
+    // Snapshot usage for ImageFsInfo and the stats RPCs, refreshed in the background.
+    node.images.usage().spawn();
     let rec = node.clone();
     let mut recovery = tokio::spawn(async move { peapod::pod::recover(&rec).await });
     if tokio::time::timeout(std::time::Duration::from_secs(10), &mut recovery)

@@ -515,3 +515,55 @@ async fn churn_returns_every_resource_to_its_starting_count() {
     assert!(threads <= threads0, "threads grew: {threads0} -> {threads}");
     assert!(tasks <= tasks0, "tokio tasks grew: {tasks0} -> {tasks}");
 }
+
+/// RemoveContainer answers once the removal is recorded in the container's state file and
+/// deletes containerd's objects after; a peapod stopped in between must finish the removal at
+/// start. The stop is simulated by recording the removal while peapod is down.
+#[tokio::test]
+async fn a_recorded_removal_is_finished_at_start() {
+    if !common::require_root() {
+        return;
+    }
+    let mut rig = Rig::start().await;
+    let mut rt = rig.runtime_client().await;
+    let p = pod(&rig, &mut rt, "half-removed").await;
+    let id = run(&mut rt, &p, config("gone", "sleep 3600"))
+        .await
+        .expect("run");
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .expect("StopContainer");
+    rig.stop_peapod();
+
+    let path = rig.state_dir.join("containers").join(format!("{id}.json"));
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("state file")).unwrap();
+    state["removing"] = serde_json::Value::Bool(true);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    rig.start_peapod().await;
+    let mut rt = rig.runtime_client().await;
+    let listed = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(listed.iter().all(|c| c.id != id), "{listed:?}");
+    // Finished before peapod served: containerd agrees at once.
+    let in_ctrd = rig.ctr_list(&["containers", "ls", "-q"]);
+    assert!(!in_ctrd.contains(&id), "{in_ctrd:?}");
+    assert!(
+        !path.exists(),
+        "the state file of the removed container is left"
+    );
+    let leases = rig.ctr_list(&["leases", "ls", "-q"]);
+    assert!(!leases.iter().any(|l| l.contains(&id)), "{leases:?}");
+    // Its name is free again.
+    let again = run(&mut rt, &p, config("gone", "true")).await;
+    assert!(again.is_ok(), "{again:?}");
+    stop_and_remove_pod(&mut rt, &p.id).await.expect("remove");
+}

@@ -744,3 +744,131 @@ async fn client_certificates_and_tls_settings_from_hosts_toml() {
     );
     assert!(reg.blob_gets(&images[1].layer_digest) >= 1);
 }
+
+async fn listed(c: &mut ImageServiceClient<Channel>) -> Vec<Image> {
+    c.list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+}
+
+async fn listed_ids(c: &mut ImageServiceClient<Channel>) -> Vec<String> {
+    listed(c).await.into_iter().map(|i| i.id).collect()
+}
+
+#[tokio::test]
+async fn images_added_or_removed_with_ctr_show_without_a_restart() {
+    if !common::require_root() {
+        return;
+    }
+    let rig = Rig::start().await;
+    let mut c = rig.image_client().await;
+    // Loaded at start: the rig imported busybox and pause before peapod started.
+    let at_start = listed(&mut c).await;
+    assert!(
+        at_start
+            .iter()
+            .any(|i| i.repo_tags.contains(&common::BUSYBOX.to_string())),
+        "{at_start:?}"
+    );
+
+    // ListImages answers from the index alone, so only containerd's image event can put
+    // this image there.
+    let (fs_before, _, _) = fs_used(&mut c).await;
+    let img = unique_image(&rig, "evented", "");
+    rig.import(&img.layout_tar);
+    let seen = common::eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        let id = img.config_digest.clone();
+        async move { listed_ids(&mut c).await.contains(&id).then_some(()) }
+    })
+    .await;
+    assert!(seen.is_some(), "imported image never listed");
+    // The event also tells the usage cache that snapshots came.
+    let (fs_after, _, _) = fs_used(&mut c).await;
+    assert!(
+        fs_after > fs_before,
+        "ImageFsInfo {fs_before} -> {fs_after} after ctr import"
+    );
+    let s = status(&mut c, "localhost/unique/evented:1").await.unwrap();
+    assert_eq!(s.id, img.config_digest);
+    assert_eq!(s.repo_tags, vec!["localhost/unique/evented:1".to_string()]);
+
+    // A CreateContainer-style lookup right after an import does not wait for the event.
+    let img2 = unique_image(&rig, "immediate", "");
+    rig.import(&img2.layout_tar);
+    let s = status(&mut c, "localhost/unique/immediate:1")
+        .await
+        .expect("ImageStatus right after ctr import");
+    assert_eq!(s.id, img2.config_digest);
+    assert_eq!(
+        status(&mut c, &img2.config_digest).await.unwrap().id,
+        img2.config_digest,
+        "by id too"
+    );
+
+    // Removed by ctr: gone from the list and from ImageStatus.
+    assert!(rig.ctr_ok(&["images", "rm", "localhost/unique/evented:1"]));
+    let gone = common::eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        let id = img.config_digest.clone();
+        async move { (!listed_ids(&mut c).await.contains(&id)).then_some(()) }
+    })
+    .await;
+    assert!(gone.is_some(), "image removed with ctr still listed");
+    assert!(status(&mut c, "localhost/unique/evented:1").await.is_none());
+    assert!(status(&mut c, &img.config_digest).await.is_none());
+
+    // Relabelled by ctr (kubelet's pinned label): the update event reaches the index.
+    assert!(rig.ctr_ok(&[
+        "images",
+        "label",
+        "localhost/unique/immediate:1",
+        "io.cri-containerd.pinned=pinned",
+    ]));
+    let pinned = common::eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        let id = img2.config_digest.clone();
+        async move {
+            listed(&mut c)
+                .await
+                .into_iter()
+                .any(|i| i.id == id && i.pinned)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(pinned.is_some(), "label change never reached ListImages");
+}
+
+#[tokio::test]
+async fn a_restarted_peapod_rebuilds_the_image_index() {
+    if !common::require_root() {
+        return;
+    }
+    let mut rig = Rig::start().await;
+    let mut c = rig.image_client().await;
+    let kept = unique_image(&rig, "kept", "");
+    let dropped = unique_image(&rig, "dropped", "");
+    rig.import(&kept.layout_tar);
+    rig.import(&dropped.layout_tar);
+    assert!(status(&mut c, &kept.config_digest).await.is_some());
+    assert!(status(&mut c, &dropped.config_digest).await.is_some());
+
+    // Changed while peapod is down: no event reaches it.
+    rig.stop_peapod();
+    let added = unique_image(&rig, "added", "1000");
+    rig.import(&added.layout_tar);
+    assert!(rig.ctr_ok(&["images", "rm", "localhost/unique/dropped:1"]));
+    rig.start_peapod().await;
+    let mut c = rig.image_client().await;
+
+    let ids = listed_ids(&mut c).await;
+    assert!(ids.contains(&kept.config_digest), "{ids:?}");
+    assert!(ids.contains(&added.config_digest), "{ids:?}");
+    assert!(!ids.contains(&dropped.config_digest), "{ids:?}");
+    let s = status(&mut c, "localhost/unique/added:1").await.unwrap();
+    assert_eq!(s.uid, Some(Int64Value { value: 1000 }));
+    assert!(status(&mut c, "localhost/unique/dropped:1").await.is_none());
+}

@@ -89,8 +89,8 @@ async fn run(
     timeout_s: u64,
 ) -> Result<cri::ExecSyncResponse> {
     let c = &rt.ctrd;
-    let (_, spec) = stored_spec::get(c, id).await?;
-    let process = exec_process(&spec, &cmd)?;
+    let base = stored_spec::exec_base(rt, id).await?;
+    let process = exec_process(&base, &cmd)?;
     let process = serde_json::to_vec(&process)
         .map_err(|e| Error::internal(format!("encode exec process spec: {e}")))?;
     // containerd limits exec ids to 76 characters; 32 hex is plenty of randomness.

@@ -154,34 +154,41 @@ async fn create_in(
         cgroups_path: None,
     };
 
-    c.create_lease(id).await?;
+    crate::timed!("c.lease", c.create_lease(id).await)?;
     made.lease = true;
     let what = format!("container {id}");
-    let mounts = c
-        .prepare_snapshot(&rt.config.snapshotter, id, &image.chain_id, &what)
-        .await?;
+    let mounts = crate::timed!(
+        "c.prepare",
+        c.prepare_snapshot(&rt.config.snapshotter, id, &image.chain_id, &what)
+            .await
+    )?;
     made.snapshot = true;
 
     // The user database of the image, from the container's own (still empty) snapshot.
     let tmp = super::rootfs::views_dir(rt);
     let view_id = id.to_string();
-    let users =
+    let users = crate::timed!(
+        "c.userdb",
         tokio::task::spawn_blocking(move || super::rootfs::read_user_db(&mounts, &tmp, &view_id))
             .await
-            .map_err(|e| Error::internal(format!("reading the image's users: {e}")))??;
+    )
+    .map_err(|e| Error::internal(format!("reading the image's users: {e}")))??;
 
     let target_pid = target_pid(rt, &config)?;
     let sandbox = sandbox_info(sb);
-    let spec = spec::container_spec(&spec::ContainerSpecInput {
-        id,
-        config: &config,
-        sandbox_config: &sb.config,
-        image: &image.config,
-        users: &users,
-        sandbox: &sandbox,
-        target_pid,
-        host,
-    })?;
+    let spec = crate::timed!(
+        "c.spec",
+        spec::container_spec(&spec::ContainerSpecInput {
+            id,
+            config: &config,
+            sandbox_config: &sb.config,
+            image: &image.config,
+            users: &users,
+            sandbox: &sandbox,
+            target_pid,
+            host,
+        })
+    )?;
     // The identity the first process starts with, for ContainerStatus.user (kubelet shows
     // it in the pod status when supplemental groups policy is supported, as peapod says).
     if let Some(p) = spec.process() {
@@ -235,7 +242,10 @@ async fn create_in(
     // broken connection) does not mean containerd did not create it, and the delete in
     // the undo is idempotent.
     made.container = true;
-    c.create_container(&rt.config, record, &what).await?;
+    crate::timed!(
+        "c.create",
+        c.create_container(&rt.config, record, &what).await
+    )?;
 
     let ctr = Arc::new(Container::new(
         id.to_string(),
@@ -246,7 +256,7 @@ async fn create_in(
         ContainerState::default(),
     ));
     made.state_file = Some(ctr.state_path().to_path_buf());
-    ctr.update(|_| {})?;
+    crate::timed!("c.statefile", ctr.update(|_| {}))?;
     rt.containers.insert(ctr.clone());
     tracing::info!(container = %id, name, sandbox = %sb.id, "container created");
     Ok(ctr)
@@ -361,13 +371,17 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
         ready_sandbox(&rt, &c.meta.sandbox_id)?;
         match start_task(&rt, &c).await {
             Ok(pid) => {
-                let cgroup = monitor::locate_cgroup(&rt, &c.id, pid).await;
-                c.update(|s| {
-                    s.phase = Phase::Running;
-                    s.pid = pid;
-                    s.started_at = task::now_ns();
-                    s.cgroup = cgroup;
-                })?;
+                let cgroup =
+                    crate::timed!("st.cgroup", monitor::locate_cgroup(&rt, &c.id, pid).await);
+                crate::timed!(
+                    "st.state",
+                    c.update(|s| {
+                        s.phase = Phase::Running;
+                        s.pid = pid;
+                        s.started_at = task::now_ns();
+                        s.cgroup = cgroup;
+                    })
+                )?;
                 tracing::info!(container = %c.id, pid, "container started");
                 emit(&rt, &c, cri::ContainerEventType::ContainerStartedEvent);
                 monitor::spawn(rt.clone(), c.clone());
@@ -401,37 +415,48 @@ pub async fn start(rt: Arc<Runtime>, id: &str) -> Result<()> {
 /// FIFOs, the log writer (reading before the shim opens the FIFOs), task create and start.
 async fn start_task(rt: &Runtime, c: &Container) -> Result<u32> {
     let tty = c.config.tty;
-    let io = ContainerIo::create(&rt.fifo_dir(), &c.id, c.config.stdin, tty)?;
-    let log = logs::spawn_log_writer(&io, c.meta.log_target(), tty)?;
+    let io = crate::timed!(
+        "st.fifos",
+        ContainerIo::create(&rt.fifo_dir(), &c.id, c.config.stdin, tty)
+    )?;
+    let log = crate::timed!(
+        "st.log",
+        logs::spawn_log_writer(&io, c.meta.log_target(), tty)
+    )?;
     *c.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(log));
     // Open from the start, so the container reads nothing (rather than EOF) until a client
     // attaches (Kubernetes `stdin`).
     *c.stdin.lock().await = io.open_stdin()?;
-    let rootfs = rt
-        .ctrd
-        .snapshots()
-        .mounts(rt.ctrd.req(MountsRequest {
-            snapshotter: rt.config.snapshotter.clone(),
-            key: c.id.clone(),
-        }))
-        .await
-        .map_err(ctrd(format!("mounts of container {}", c.id)))?
-        .into_inner()
-        .mounts;
+    let rootfs = crate::timed!(
+        "st.mounts",
+        rt.ctrd
+            .snapshots()
+            .mounts(rt.ctrd.req(MountsRequest {
+                snapshotter: rt.config.snapshotter.clone(),
+                key: c.id.clone(),
+            }))
+            .await
+            .map_err(ctrd(format!("mounts of container {}", c.id)))
+    )?
+    .into_inner()
+    .mounts;
     let paths = io.stdio_paths();
-    task::create(
-        &rt.ctrd,
-        &c.id,
-        rootfs,
-        task::TaskIo {
-            stdin: &paths.stdin,
-            stdout: &paths.stdout,
-            stderr: &paths.stderr,
-            terminal: tty,
-        },
-    )
-    .await?;
-    task::start(&rt.ctrd, &c.id).await
+    crate::timed!(
+        "st.taskcreate",
+        task::create(
+            &rt.ctrd,
+            &c.id,
+            rootfs,
+            task::TaskIo {
+                stdin: &paths.stdin,
+                stdout: &paths.stdout,
+                stderr: &paths.stderr,
+                terminal: tty,
+            },
+        )
+        .await
+    )?;
+    crate::timed!("st.taskstart", task::start(&rt.ctrd, &c.id).await)
 }
 
 /// Waits until the container is no longer RUNNING, at most `limit`. True if it exited.
@@ -505,7 +530,13 @@ pub async fn kill(rt: &Runtime, c: &Container) -> Result<()> {
     }
 }
 
-pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
+/// RemoveContainer. Once the removal is recorded in the container's state file, the
+/// container leaves the index and its name is free; what containerd holds of it (the exited
+/// task, the record, the snapshot, the lease) is deleted right after, in the background, so
+/// the answer does not wait for the shim to tear the task down. A restarted peapod finishes a
+/// removal it finds recorded ([`super::recover`]), and RemovePodSandbox waits for the
+/// removals of its containers.
+pub async fn remove(rt: &Arc<Runtime>, id: &str) -> Result<()> {
     let Some(c) = rt.containers.find(id)? else {
         return Ok(());
     };
@@ -514,35 +545,102 @@ pub async fn remove(rt: &Runtime, id: &str) -> Result<()> {
         return Ok(()); // removed while we waited for the lock
     }
     kill(rt, &c).await?;
-    task::delete(&rt.ctrd, &c.id).await?;
-    if let Some(path) = &c.meta.cgroups_path {
-        let removed =
-            crate::cgroup::remove_leftover(std::path::Path::new(crate::cgroup::ROOT), path);
-        if !removed.is_empty() {
-            tracing::info!(container = %c.id, dirs = removed.len(), "removed the cgroup an interrupted task create left behind");
+    match c.update(|s| s.removing = true) {
+        Ok(_) => {
+            let under_way = rt.containers.removal_started(&c.id, &c.meta.sandbox_id);
+            forget(rt, &c);
+            let rt = rt.clone();
+            let id = c.id.clone();
+            let meta = c.meta.clone();
+            let state_path = c.state_path().to_path_buf();
+            tokio::spawn(async move {
+                finish_removal(&rt, &id, &meta, &state_path).await;
+                drop(under_way);
+            });
+        }
+        Err(e) => {
+            // Unrecorded, a removal cut off by a crash could not be finished later: it is
+            // done before the answer instead.
+            tracing::warn!(container = %c.id, error = %e, "cannot record the removal; removing in the foreground");
+            delete_objects(rt, &c.id, &c.meta).await?;
+            remove_state_file(c.state_path())?;
+            forget(rt, &c);
+            tracing::info!(container = %c.id, "container removed");
         }
     }
-    rt.ctrd.delete_object(&rt.config.snapshotter, &c.id).await?;
+    Ok(())
+}
+
+/// Takes the container out of peapod's view: index, name, log writer, FIFOs; emits DELETED.
+fn forget(rt: &Runtime, c: &Container) {
     if let Some(log) = c.log.lock().unwrap_or_else(|p| p.into_inner()).take() {
         log.force_close();
     }
     monitor::remove_fifos(rt, &c.id);
-    match std::fs::remove_file(c.state_path()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Error::internal(format!(
-                "remove {}: {e}",
-                c.state_path().display()
-            )))
-        }
-    }
     rt.containers.remove(&c.id);
     rt.unpersisted.clear(&c.id);
     rt.names.release(&c.name, &c.id);
-    tracing::info!(container = %c.id, "container removed");
-    emit(rt, &c, cri::ContainerEventType::ContainerDeletedEvent);
+    emit(rt, c, cri::ContainerEventType::ContainerDeletedEvent);
+}
+
+/// Deletes what containerd holds of a container: its task (it has exited), the empty cgroup
+/// an interrupted task create leaves behind, then its record, snapshot and lease, which do
+/// not depend on each other. Absent objects are fine.
+pub async fn delete_objects(rt: &Runtime, id: &str, meta: &ContainerMeta) -> Result<()> {
+    task::delete(&rt.ctrd, id).await?;
+    if let Some(path) = &meta.cgroups_path {
+        let removed =
+            crate::cgroup::remove_leftover(std::path::Path::new(crate::cgroup::ROOT), path);
+        if !removed.is_empty() {
+            tracing::info!(container = %id, dirs = removed.len(), "removed the cgroup an interrupted task create left behind");
+        }
+    }
+    let (record, snapshot, lease) = tokio::join!(
+        rt.ctrd.delete_container(id),
+        rt.ctrd.remove_snapshot(&rt.config.snapshotter, id),
+        rt.ctrd.delete_lease(id),
+    );
+    record.and(snapshot).and(lease)
+}
+
+fn remove_state_file(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::internal(format!("remove {}: {e}", path.display()))),
+    }
+}
+
+/// One attempt at what follows a recorded removal: the containerd objects, then the state
+/// file that recorded it.
+pub async fn finish_removal_once(
+    rt: &Runtime,
+    id: &str,
+    meta: &ContainerMeta,
+    state_path: &std::path::Path,
+) -> Result<()> {
+    delete_objects(rt, id, meta).await?;
+    if let Err(e) = remove_state_file(state_path) {
+        tracing::warn!(container = %id, error = %e, "remove the state file of a removed container");
+    }
+    tracing::info!(container = %id, "container removed");
     Ok(())
+}
+
+/// The background half of a removal: [`finish_removal_once`], retried while containerd
+/// fails (e.g. while it restarts).
+pub async fn finish_removal(
+    rt: &Runtime,
+    id: &str,
+    meta: &ContainerMeta,
+    state_path: &std::path::Path,
+) {
+    let mut delay = Duration::from_millis(200);
+    while let Err(e) = finish_removal_once(rt, id, meta, state_path).await {
+        tracing::warn!(container = %id, error = %e, "removing container from containerd; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
 }
 
 pub async fn reopen_log(rt: &Runtime, id: &str) -> Result<()> {

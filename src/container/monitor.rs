@@ -69,7 +69,7 @@ pub async fn record_exit(rt: &Arc<Runtime>, c: &Arc<Container>, exit: task::Exit
         // exit by the time the shim takes to publish it.
         wait_for_oom_event(c, OOM_EVENT_GRACE).await;
     }
-    finish_log(c).await;
+    crate::timed!("m.finishlog", finish_log(c).await);
     c.stdin.lock().await.take();
     remove_fifos(rt, &c.id);
     let at = if exit.at_ns == 0 {
@@ -107,7 +107,7 @@ pub async fn record_exit(rt: &Arc<Runtime>, c: &Arc<Container>, exit: task::Exit
 }
 
 async fn delete_exited_task(rt: &Runtime, c: &Container) {
-    if let Err(e) = task::delete(&rt.ctrd, &c.id).await {
+    if let Err(e) = crate::timed!("m.taskdel", task::delete(&rt.ctrd, &c.id).await) {
         tracing::warn!(container = %c.id, error = %e, "delete exited task");
     }
 }

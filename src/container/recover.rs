@@ -42,6 +42,25 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
                 None
             })
             .unwrap_or_default();
+        if state.removing {
+            // RemoveContainer answered, and peapod stopped before containerd's objects were
+            // gone: the container stays out of the index, and the removal is finished before
+            // peapod serves (so CRI and containerd agree from the first List); only while
+            // containerd refuses is it left to a background retry (RemovePodSandbox waits).
+            let path = state_file(&rt.config.state_dir, &id);
+            if super::lifecycle::finish_removal_once(rt, &id, &meta, &path)
+                .await
+                .is_err()
+            {
+                let under_way = rt.containers.removal_started(&id, &meta.sandbox_id);
+                let rt = rt.clone();
+                tokio::spawn(async move {
+                    super::lifecycle::finish_removal(&rt, &id, &meta, &path).await;
+                    drop(under_way);
+                });
+            }
+            continue;
+        }
         let c = Arc::new(Container::new(
             id.clone(),
             name.clone(),

@@ -7,12 +7,31 @@
 use containerd_client::services::v1::{Container as CtrdContainer, UpdateContainerRequest};
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use crate::containerd::Containerd;
 use crate::error::{ctrd, Error, Result};
+use crate::runtime::Runtime;
 
 /// The containerd container record and its spec.
 pub async fn get(c: &Containerd, id: &str) -> Result<(CtrdContainer, Value)> {
     c.container_with_spec(id).await
+}
+
+/// What an exec process is made from: `{"process": <the spec's process>}`, read from
+/// containerd once per container and kept in memory ([`crate::store::Container::exec_base`]).
+pub async fn exec_base(rt: &Runtime, id: &str) -> Result<Arc<Value>> {
+    let c = rt.containers.get(id)?;
+    if let Some(base) = c.exec_base.get() {
+        return Ok(base.clone());
+    }
+    let (_, mut spec) = get(&rt.ctrd, &c.id).await?;
+    let process = spec
+        .get_mut("process")
+        .map(Value::take)
+        .ok_or_else(|| Error::internal("container OCI spec has no process"))?;
+    let base = Arc::new(serde_json::json!({ "process": process }));
+    Ok(c.exec_base.get_or_init(|| base).clone())
 }
 
 /// The `linux.cgroupsPath` runc was given; None when the spec leaves it to runc.

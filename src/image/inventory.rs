@@ -2,14 +2,13 @@
 //! RemoveImage and ImageFsInfo. One CRI image is every image record sharing a config digest.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
-use containerd_client::services::v1::snapshots::{ListSnapshotsRequest, UsageRequest};
-use containerd_client::services::v1::{DeleteImageRequest, PluginsRequest};
-use tokio_stream::StreamExt;
+use containerd_client::services::v1::DeleteImageRequest;
 
 use crate::containerd::Containerd;
 use crate::cri;
-use crate::error::{ctrd, Error, Result};
+use crate::error::{ctrd, Result};
 use crate::image::reference;
 use crate::image::store::{ImageInfo, ImageStore};
 use crate::keys;
@@ -24,43 +23,35 @@ pub struct Inventory<'a> {
 
 /// The records of one image, grouped by id.
 pub struct Group {
-    pub records: Vec<ImageInfo>,
+    pub records: Vec<Arc<ImageInfo>>,
 }
 
 impl Inventory<'_> {
-    /// Finds the image `r` names (tag, digest reference or id) with all its records.
+    /// Finds the image `r` names (tag, digest reference or id) with all its records, from
+    /// the index.
     pub async fn find(&self, r: &str) -> Result<Option<Group>> {
-        let hit = match self.store.find(r).await? {
+        let hit = match self.store.lookup(r).await? {
             Some(h) => Some(h),
             None => self.find_by_repo_digest(r).await?,
         };
         let Some(hit) = hit else { return Ok(None) };
-        let mut records: Vec<ImageInfo> = self
-            .store
-            .list()
-            .await?
-            .into_iter()
-            .filter(|i| i.id == hit.id)
-            .collect();
+        let mut records = self.store.records_of(&hit.id);
         if records.is_empty() {
             records.push(hit);
         }
-        records.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Some(Group { records }))
     }
 
     /// `repo@digest` for an image whose digest record is missing (e.g. imported by ctr).
-    async fn find_by_repo_digest(&self, r: &str) -> Result<Option<ImageInfo>> {
+    async fn find_by_repo_digest(&self, r: &str) -> Result<Option<Arc<ImageInfo>>> {
         if !r.contains('@') || r.starts_with("sha256:") {
             return Ok(None);
         }
         let name = reference::normalize(r)?;
         let (repo, digest) = name.split_once('@').unwrap_or((&name, ""));
-        let repo = reference::repository(repo);
-        Ok(self.store.list().await?.into_iter().find(|i| {
-            reference::repository(&i.name) == repo
-                && (i.target.digest == digest || i.manifest_digest == digest)
-        }))
+        self.store
+            .by_repo_digest(reference::repository(repo), digest)
+            .await
     }
 
     pub async fn list(&self, filter: Option<&str>) -> Result<Vec<cri::Image>> {
@@ -72,13 +63,16 @@ impl Inventory<'_> {
                 .into_iter()
                 .collect());
         }
-        let mut by_id: BTreeMap<String, Vec<ImageInfo>> = BTreeMap::new();
+        let mut by_id: BTreeMap<String, Vec<Arc<ImageInfo>>> = BTreeMap::new();
         for i in self.store.list().await? {
             by_id.entry(i.id.clone()).or_default().push(i);
         }
         Ok(by_id
             .into_values()
-            .map(|records| self.to_cri(&Group { records }))
+            .map(|mut records| {
+                records.sort_by(|a, b| a.name.cmp(&b.name));
+                self.to_cri(&Group { records })
+            })
             .collect())
     }
 
@@ -161,59 +155,26 @@ impl Inventory<'_> {
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => return Err(ctrd(format!("delete image {}", rec.name))(s)),
             }
+            // Now, not when the event comes: the next ImageStatus must not find it.
+            self.store.forget(&rec.name).await;
         }
         tracing::info!(image = %g.records[0].id, records = n, "image removed");
         Ok(())
     }
 
-    /// The snapshotter's usage in peapod's namespace, and its root directory.
+    /// The snapshotter's usage in peapod's namespace (from the usage cache), and its root
+    /// directory.
     pub async fn fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
-        let mountpoint = self.snapshotter_root().await.unwrap_or_default();
-        let mut stream = self
-            .ctrd
-            .snapshots()
-            .list(self.ctrd.req(ListSnapshotsRequest {
-                snapshotter: self.snapshotter.to_string(),
-                filters: vec![],
-            }))
-            .await
-            .map_err(ctrd("list snapshots"))?
-            .into_inner();
-        let mut keys = Vec::new();
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(ctrd("list snapshots"))?;
-            keys.extend(batch.info.into_iter().map(|i| i.name));
-        }
-        let (mut bytes, mut inodes) = (0u64, 0u64);
-        for key in keys {
-            match self
-                .ctrd
-                .snapshots()
-                .usage(self.ctrd.req(UsageRequest {
-                    snapshotter: self.snapshotter.to_string(),
-                    key: key.clone(),
-                }))
-                .await
-            {
-                Ok(u) => {
-                    let u = u.into_inner();
-                    bytes += u.size.max(0) as u64;
-                    inodes += u.inodes.max(0) as u64;
-                }
-                // Removed between list and usage.
-                Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(ctrd(format!("snapshot usage {key}"))(s)),
-            }
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let cache = self.store.usage();
+        let mountpoint = cache.root().await.unwrap_or_default();
+        let total = cache.total().await?;
         let usage = cri::FilesystemUsage {
-            timestamp: now,
+            timestamp: total.at_ns,
             fs_id: Some(cri::FilesystemIdentifier { mountpoint }),
-            used_bytes: Some(cri::UInt64Value { value: bytes }),
-            inodes_used: Some(cri::UInt64Value { value: inodes }),
+            used_bytes: Some(cri::UInt64Value { value: total.bytes }),
+            inodes_used: Some(cri::UInt64Value {
+                value: total.inodes,
+            }),
         };
         Ok(cri::ImageFsInfoResponse {
             image_filesystems: vec![usage.clone()],
@@ -223,22 +184,7 @@ impl Inventory<'_> {
 
     /// The snapshotter's root directory on the host.
     pub async fn snapshotter_root(&self) -> Result<String> {
-        let resp = self
-            .ctrd
-            .introspection()
-            .plugins(tonic::Request::new(PluginsRequest {
-                filters: vec![format!(
-                    "type==io.containerd.snapshotter.v1,id=={}",
-                    self.snapshotter
-                )],
-            }))
-            .await
-            .map_err(ctrd("introspection plugins"))?
-            .into_inner();
-        resp.plugins
-            .into_iter()
-            .find_map(|p| p.exports.get("root").cloned())
-            .ok_or_else(|| Error::not_found(format!("snapshotter {} root", self.snapshotter)))
+        self.store.usage().root().await
     }
 }
 

@@ -35,7 +35,7 @@ use crate::image::content::{self, Writer};
 use crate::image::hosts;
 use crate::image::reference;
 use crate::image::registry::{Registry, RegistryError};
-use crate::image::store::{self, chain_id};
+use crate::image::store::{self, chain_id, ImageStore};
 use crate::keys;
 
 /// Layers downloaded at once per pull.
@@ -132,6 +132,8 @@ fn clone_error(e: &Error) -> Error {
 /// Settings and shared state of the image puller.
 pub struct Puller {
     ctrd: Containerd,
+    /// Told of every record a pull writes, so the image shows in the index on return.
+    images: ImageStore,
     snapshotter: String,
     hosts_dir: PathBuf,
     credentials_file: Option<PathBuf>,
@@ -142,9 +144,10 @@ pub struct Puller {
 }
 
 impl Puller {
-    pub fn new(ctrd: Containerd, config: &Config) -> Self {
+    pub fn new(images: &ImageStore, config: &Config) -> Self {
         Puller {
-            ctrd,
+            ctrd: images.ctrd().clone(),
+            images: images.clone(),
             snapshotter: config.snapshotter.clone(),
             hosts_dir: config.registry_config_dir.clone(),
             credentials_file: config.registry_credentials_file.clone(),
@@ -174,6 +177,7 @@ impl Puller {
     fn job(&self, name: String, parsed: Parsed, creds: PullCredentials) -> PullJob {
         PullJob {
             ctrd: self.ctrd.clone(),
+            images: self.images.clone(),
             snapshotter: self.snapshotter.clone(),
             hosts_dir: self.hosts_dir.clone(),
             progress_timeout: self.progress_timeout,
@@ -322,6 +326,7 @@ impl Progress {
 /// One pull: everything it needs, owned, so it can run as its own task.
 struct PullJob {
     ctrd: Containerd,
+    images: ImageStore,
     snapshotter: String,
     hosts_dir: PathBuf,
     progress_timeout: Duration,
@@ -567,11 +572,25 @@ impl PullJob {
             annotations: HashMap::new(),
         };
         let repo = format!("{}/{}", self.parsed.registry, self.parsed.repository);
+        let mut names = vec![format!("{repo}@{top_digest}")];
         if let Some(t) = &self.parsed.tag {
-            self.put_image(&format!("{repo}:{t}"), &target).await?;
+            names.insert(0, format!("{repo}:{t}"));
         }
-        self.put_image(&format!("{repo}@{top_digest}"), &target)
-            .await?;
+        for name in names {
+            let labels = self.put_image(&name, &target).await?;
+            self.images
+                .record(store::ImageInfo {
+                    name,
+                    target: target.clone(),
+                    manifest_digest: manifest_digest.clone(),
+                    id: config_digest.clone(),
+                    config: config.clone(),
+                    chain_id: top_chain.clone(),
+                    size: total,
+                    labels,
+                })
+                .await;
+        }
         Ok(config_digest)
     }
 
@@ -867,8 +886,8 @@ impl PullJob {
         }
     }
 
-    /// Creates or updates the image record `name`.
-    async fn put_image(&self, name: &str, target: &Descriptor) -> Result<()> {
+    /// Creates or updates the image record `name`; returns the labels the record has.
+    async fn put_image(&self, name: &str, target: &Descriptor) -> Result<HashMap<String, String>> {
         let image = Image {
             name: name.to_string(),
             labels: HashMap::from([(keys::image::MANAGED.to_string(), "managed".to_string())]),
@@ -885,9 +904,14 @@ impl PullJob {
             }))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(r) => Ok(r
+                .into_inner()
+                .image
+                .map(|i| i.labels)
+                .unwrap_or(image.labels)),
             Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                self.ctrd
+                let updated = self
+                    .ctrd
                     .images()
                     .update(self.ctrd.req(UpdateImageRequest {
                         image: Some(image),
@@ -901,7 +925,11 @@ impl PullJob {
                     }))
                     .await
                     .map_err(ctrd(format!("update image {name}")))?;
-                Ok(())
+                Ok(updated
+                    .into_inner()
+                    .image
+                    .map(|i| i.labels)
+                    .unwrap_or_default())
             }
             Err(s) => Err(ctrd(format!("create image {name}"))(s)),
         }

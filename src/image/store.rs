@@ -2,6 +2,8 @@
 //! platform from an index), config, and the chain id of the unpacked root filesystem.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use containerd_client::services::v1::{GetImageRequest, ListImagesRequest, ReadContentRequest};
 use containerd_client::types::Descriptor;
@@ -11,40 +13,89 @@ use tokio_stream::StreamExt;
 
 use crate::containerd::Containerd;
 use crate::error::{ctrd, Error, Result};
+pub use crate::image::index::ImageInfo;
+use crate::image::index::{Change, Records};
 use crate::image::reference;
+use crate::image::usage::SnapshotUsage;
 
 pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-/// What peapod needs to know of one image.
-#[derive(Debug, Clone)]
-pub struct ImageInfo {
-    /// The image record's name (a normalised reference).
-    pub name: String,
-    /// The record's target (manifest or index).
-    pub target: Descriptor,
-    /// The platform manifest's digest.
-    pub manifest_digest: String,
-    /// Image id: the config digest.
-    pub id: String,
-    pub config: ImageConfiguration,
-    /// Chain id of the top layer: the committed snapshot a container's rootfs starts from.
-    pub chain_id: String,
-    /// Sum of the manifest, config and layer sizes.
-    pub size: u64,
-    pub labels: HashMap<String, String>,
+/// The hex part of an image id or id prefix (`sha256:<hex>`, or 64 bare hex characters);
+/// None for anything else, which is read as a reference.
+fn id_prefix(r: &str) -> Option<&str> {
+    let hex = r.strip_prefix("sha256:").unwrap_or(r);
+    let is_id = !hex.is_empty()
+        && hex.len() <= 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && (r.starts_with("sha256:") || hex.len() == 64);
+    is_id.then_some(hex)
 }
 
+/// containerd's image records, read through the in-memory [`index`](super::index): the
+/// lookups answer from memory; only a name the index does not hold is checked in containerd.
 #[derive(Clone)]
 pub struct ImageStore {
     ctrd: Containerd,
+    index: Arc<Shared>,
+    usage: Arc<SnapshotUsage>,
+}
+
+#[derive(Default)]
+struct Shared {
+    records: RwLock<Records>,
+    /// Set once the records have been loaded from containerd.
+    loaded: AtomicBool,
+    /// Changes to the records are made one at a time, so a full synchronisation never
+    /// overwrites a record changed while it was reading containerd.
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl ImageStore {
-    pub fn new(ctrd: Containerd) -> Self {
-        ImageStore { ctrd }
+    pub fn new(ctrd: Containerd, snapshotter: &str) -> Self {
+        ImageStore {
+            usage: Arc::new(SnapshotUsage::new(ctrd.clone(), snapshotter)),
+            ctrd,
+            index: Arc::default(),
+        }
+    }
+
+    pub fn ctrd(&self) -> &Containerd {
+        &self.ctrd
+    }
+
+    /// The snapshotter's disk usage, cached (image layers and containers' writable layers).
+    pub fn usage(&self) -> &Arc<SnapshotUsage> {
+        &self.usage
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
+        // A poisoned lock still guards whole records (each change is one map operation).
+        self.index.records.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Records> {
+        self.index
+            .records
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the index unless it is loaded: before the first synchronisation (containerd
+    /// was down at start) every lookup tries it, and fails as containerd does.
+    async fn ensure_loaded(&self) -> Result<()> {
+        if self.index.loaded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _w = self.index.writer.lock().await;
+        if self.index.loaded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.sync_locked().await.map(|_| ())
     }
 
     pub async fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
@@ -70,22 +121,55 @@ impl ImageStore {
     /// Looks an image up by reference (normalised), digest reference, or image id
     /// (`sha256:<hex>`, bare hex, or a unique id prefix). `Ok(None)` when absent.
     pub async fn find(&self, reference_or_id: &str) -> Result<Option<ImageInfo>> {
+        Ok(self.lookup(reference_or_id).await?.map(|i| (*i).clone()))
+    }
+
+    /// As [`find`](Self::find), without copying the record out of the index.
+    pub async fn lookup(&self, reference_or_id: &str) -> Result<Option<Arc<ImageInfo>>> {
+        self.ensure_loaded().await?;
         let r = reference_or_id.trim();
-        let id_like = r.strip_prefix("sha256:").unwrap_or(r);
-        if !id_like.is_empty()
-            && id_like.len() <= 64
-            && id_like
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            && (r.starts_with("sha256:") || id_like.len() == 64)
-        {
-            return self.find_by_id(id_like).await;
+        if let Some(hex_prefix) = id_prefix(r) {
+            if let Some(hit) = self.read().by_id_prefix(hex_prefix)? {
+                return Ok(Some(hit));
+            }
+            // An image imported a moment ago whose event is still on its way.
+            self.sync().await?;
+            return self.read().by_id_prefix(hex_prefix);
         }
         let name = reference::normalize(r)?;
         self.get_by_name(&name).await
     }
 
-    pub async fn get_by_name(&self, name: &str) -> Result<Option<ImageInfo>> {
+    pub async fn get_by_name(&self, name: &str) -> Result<Option<Arc<ImageInfo>>> {
+        self.ensure_loaded().await?;
+        if let Some(hit) = self.read().get(name) {
+            return Ok(Some(hit));
+        }
+        // Absent from the index: confirm with containerd before saying so.
+        self.refresh(name).await
+    }
+
+    /// Every record of image `id`, by name.
+    pub fn records_of(&self, id: &str) -> Vec<Arc<ImageInfo>> {
+        self.read().with_id(id)
+    }
+
+    /// A record of repository `repo` whose target or manifest digest is `digest`.
+    pub async fn by_repo_digest(&self, repo: &str, digest: &str) -> Result<Option<Arc<ImageInfo>>> {
+        self.ensure_loaded().await?;
+        Ok(self.read().by_repo_digest(repo, digest))
+    }
+
+    /// All image records, described. Records whose content is missing are left out.
+    pub async fn list(&self) -> Result<Vec<Arc<ImageInfo>>> {
+        self.ensure_loaded().await?;
+        Ok(self.read().all().cloned().collect())
+    }
+
+    /// Reads record `name` from containerd into the index (or drops it from the index when
+    /// containerd no longer has it); returns what the index now holds.
+    pub async fn refresh(&self, name: &str) -> Result<Option<Arc<ImageInfo>>> {
+        let _w = self.index.writer.lock().await;
         let resp = self
             .ctrd
             .images()
@@ -94,23 +178,68 @@ impl ImageStore {
             }))
             .await;
         let image = match resp {
-            Ok(r) => match r.into_inner().image {
-                Some(i) => i,
-                None => return Ok(None),
-            },
-            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Ok(r) => r.into_inner().image,
+            Err(s) if s.code() == tonic::Code::NotFound => None,
             Err(s) => return Err(ctrd(format!("get image {name}"))(s)),
+        };
+        let Some(image) = image else {
+            self.write().remove(name);
+            return Ok(None);
         };
         let target = image
             .target
             .ok_or_else(|| Error::internal(format!("image {name} has no target")))?;
-        self.describe(image.name, target, image.labels)
-            .await
-            .map(Some)
+        let current = self.read().get(name);
+        if let Some(c) = current.filter(|c| c.target == target && c.labels == image.labels) {
+            return Ok(Some(c));
+        }
+        let info = Arc::new(
+            self.describe_shared(image.name, target, image.labels)
+                .await?,
+        );
+        self.write().insert(info.clone());
+        Ok(Some(info))
     }
 
-    /// All image records, described. Records whose content is missing are skipped with a log.
-    pub async fn list(&self) -> Result<Vec<ImageInfo>> {
+    /// Drops record `name` from the index (it was deleted).
+    pub async fn forget(&self, name: &str) {
+        self.usage.mark_stale();
+        let _w = self.index.writer.lock().await;
+        if self.write().remove(name) {
+            tracing::debug!(image = %name, "image record left the index");
+        }
+    }
+
+    /// Records a record peapod itself just wrote, described from what the pull had at hand.
+    pub async fn record(&self, info: ImageInfo) {
+        self.usage.mark_stale();
+        let _w = self.index.writer.lock().await;
+        self.write().insert(Arc::new(info));
+    }
+
+    /// Applies one image event.
+    pub async fn apply(&self, change: Change) {
+        // An image imported or removed by another client brings or takes snapshots.
+        self.usage.mark_stale();
+        match change {
+            Change::Refresh(name) => {
+                if let Err(e) = self.refresh(&name).await {
+                    tracing::debug!(image = %name, error = %e, "cannot index image record");
+                }
+            }
+            Change::Forget(name) => self.forget(&name).await,
+        }
+    }
+
+    /// Makes the index match containerd's records: one List call, and a description read
+    /// only for records that are new or changed. Returns the number of records indexed.
+    pub async fn sync(&self) -> Result<usize> {
+        let _w = self.index.writer.lock().await;
+        self.sync_locked().await
+    }
+
+    /// [`sync`](Self::sync), with the writer lock held by the caller.
+    async fn sync_locked(&self) -> Result<usize> {
         let images = self
             .ctrd
             .images()
@@ -119,34 +248,42 @@ impl ImageStore {
             .map_err(ctrd("list images"))?
             .into_inner()
             .images;
-        let mut out = Vec::with_capacity(images.len());
+        let mut next = Records::default();
         for i in images {
             let Some(target) = i.target else { continue };
-            match self.describe(i.name.clone(), target, i.labels).await {
-                Ok(info) => out.push(info),
+            let known = self.read().get(&i.name);
+            if let Some(k) = known.filter(|k| k.target == target && k.labels == i.labels) {
+                next.insert(k);
+                continue;
+            }
+            let shared = next.described(&target.digest);
+            let described = match shared {
+                Some(s) => Ok(s.renamed(i.name.clone(), target, i.labels)),
+                None => self.describe_shared(i.name.clone(), target, i.labels).await,
+            };
+            match described {
+                Ok(info) => next.insert(Arc::new(info)),
                 Err(e) => tracing::debug!(image = %i.name, error = %e, "skipping unreadable image"),
             }
         }
-        Ok(out)
+        let n = next.len();
+        *self.write() = next;
+        self.index.loaded.store(true, Ordering::Release);
+        Ok(n)
     }
 
-    async fn find_by_id(&self, hex_prefix: &str) -> Result<Option<ImageInfo>> {
-        let want = format!("sha256:{hex_prefix}");
-        let mut hits: Vec<ImageInfo> = self
-            .list()
-            .await?
-            .into_iter()
-            .filter(|i| i.id.starts_with(&want))
-            .collect();
-        hits.sort_by(|a, b| a.name.cmp(&b.name));
-        let distinct: std::collections::BTreeSet<&str> =
-            hits.iter().map(|i| i.id.as_str()).collect();
-        if distinct.len() > 1 {
-            return Err(Error::invalid(format!(
-                "image id prefix {hex_prefix:?} matches more than one image"
-            )));
+    /// Describes a record, reusing the description of another record with the same target.
+    async fn describe_shared(
+        &self,
+        name: String,
+        target: Descriptor,
+        labels: HashMap<String, String>,
+    ) -> Result<ImageInfo> {
+        let known = self.read().described(&target.digest);
+        match known {
+            Some(k) => Ok(k.renamed(name, target, labels)),
+            None => self.describe(name, target, labels).await,
         }
-        Ok(hits.into_iter().next())
     }
 
     async fn describe(

@@ -7,6 +7,7 @@
 //! kubelet's timeout must neither stop it halfway nor free the name while it still runs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::node::Node;
 use crate::cri;
@@ -15,6 +16,9 @@ use crate::image::ImageInfo;
 use crate::runtime::Runtime;
 use crate::store::{self, Sandbox};
 use crate::{container, id, sandbox};
+
+/// How long RemovePodSandbox waits for the background removals of its containers.
+const REMOVALS_LIMIT: Duration = Duration::from_secs(60);
 
 pub async fn run_sandbox(
     node: &Arc<Node>,
@@ -149,6 +153,23 @@ pub async fn remove_sandbox(node: &Node, id: &str) -> Result<()> {
     stop_locked(node, &sb).await?;
     for c in node.rt.containers.in_sandbox(&sb.id) {
         container::lifecycle::remove(&node.rt, &c.id).await?;
+        node.images.usage().forget(&c.id);
+    }
+    // RemoveContainer leaves containerd's objects to a background task: when the pod is
+    // gone, so is everything of its containers.
+    if !node
+        .rt
+        .containers
+        .removals_settled(&sb.id, REMOVALS_LIMIT)
+        .await
+    {
+        return Err(Error::Unavailable(format!(
+            "pod sandbox {}: the removal of its containers from containerd at {} has not \
+             finished within {}s; retry",
+            sb.id,
+            node.rt.ctrd.socket().display(),
+            REMOVALS_LIMIT.as_secs()
+        )));
     }
     sandbox::lifecycle::remove(&node.rt, &sb).await
 }

@@ -30,9 +30,10 @@ impl Node {
         let host = HostInfo::from_config(&config);
         let network = Network::new(&config);
         let rt = Arc::new(Runtime::new(config)?);
+        let images = ImageStore::new(rt.ctrd.clone(), &rt.config.snapshotter);
         Ok(Node {
-            images: ImageStore::new(rt.ctrd.clone()),
-            puller: Puller::new(rt.ctrd.clone(), &rt.config),
+            puller: Puller::new(&images, &rt.config),
+            images,
             rt,
             host,
             network,

@@ -1,5 +1,5 @@
 //! What stats remember between calls: the previous cumulative CPU reading of each container
-//! and pod (`usage_nano_cores` is a rate), and the snapshotter's root.
+//! and pod (`usage_nano_cores` is a rate).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,8 +30,6 @@ const MIN_RATE_INTERVAL_NS: i64 = 1_000_000_000;
 #[derive(Default)]
 pub struct StatsCache {
     cpu: Mutex<HashMap<String, CpuPoint>>,
-    /// The snapshotter's root, reported as the writable layer's filesystem.
-    pub mountpoint: Mutex<Option<String>>,
 }
 
 impl StatsCache {

@@ -2,7 +2,9 @@
 //!
 //! CPU and memory come from the cgroup files ([`crate::cgroup`]) of the cgroup located when
 //! the container started (from the `cgroupsPath` of its spec), the writable layer from the
-//! snapshotter's usage of the container's snapshot, and pod network counters from the pause
+//! snapshot usage cache ([`crate::image::usage`]: the list RPCs kubelet polls answer from it,
+//! a single ContainerStats or PodSandboxStats reads the snapshot now), and pod network
+//! counters from the pause
 //! process's `/proc/<pid>/net/dev`. `usage_nano_cores` is a rate, so the previous cumulative
 //! reading of each container and pod is kept in memory; entries of containers and pods that
 //! are gone are dropped on every list so the table does not grow under pod churn.
@@ -10,14 +12,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use containerd_client::services::v1::snapshots::UsageRequest;
-
 use super::node::Node;
 use super::readings::u64v;
 
 use crate::cgroup::{self, Cgroup, Sample};
 use crate::cri;
-use crate::error::{ctrd, Result};
+use crate::error::Result;
 use crate::store::{Container, Phase, Sandbox};
 use crate::task::now_ns;
 
@@ -49,56 +49,28 @@ fn memory_usage(s: &Sample, at_ns: i64) -> Option<cri::MemoryUsage> {
     })
 }
 
-async fn snapshotter_mountpoint(node: &Node) -> String {
-    if let Some(m) = node
-        .stats
-        .mountpoint
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-    {
-        return m;
-    }
-    match node.inventory().snapshotter_root().await {
-        Ok(m) => {
-            *node
-                .stats
-                .mountpoint
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
-            m
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "snapshotter root unknown");
-            String::new()
-        }
-    }
-}
-
-/// The snapshot's usage; None when it is gone (the container was removed meanwhile).
-async fn writable_layer(node: &Node, id: &str) -> Result<Option<cri::FilesystemUsage>> {
-    let at = now_ns();
-    let usage = match node
-        .rt
-        .ctrd
-        .snapshots()
-        .usage(node.rt.ctrd.req(UsageRequest {
-            snapshotter: node.rt.config.snapshotter.clone(),
-            key: id.to_string(),
-        }))
-        .await
-    {
-        Ok(u) => u.into_inner(),
-        Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
-        Err(s) => return Err(ctrd(format!("snapshot usage of container {id}"))(s)),
+/// The container's writable layer, from the snapshot usage cache (refreshed in the
+/// background, as containerd's CRI plugin does); with `fresh`, read now (a single
+/// ContainerStats or PodSandboxStats: someone is looking at this one container). None when
+/// the snapshot is gone (the container was removed meanwhile).
+async fn writable_layer(
+    node: &Node,
+    id: &str,
+    fresh: bool,
+) -> Result<Option<cri::FilesystemUsage>> {
+    let cache = node.images.usage();
+    let Some(u) = cache.of(id, fresh).await? else {
+        return Ok(None);
     };
+    let mountpoint = cache.root().await.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "snapshotter root unknown");
+        String::new()
+    });
     Ok(Some(cri::FilesystemUsage {
-        timestamp: at,
-        fs_id: Some(cri::FilesystemIdentifier {
-            mountpoint: snapshotter_mountpoint(node).await,
-        }),
-        used_bytes: Some(u64v(usage.size.max(0) as u64)),
-        inodes_used: Some(u64v(usage.inodes.max(0) as u64)),
+        timestamp: u.at_ns,
+        fs_id: Some(cri::FilesystemIdentifier { mountpoint }),
+        used_bytes: Some(u64v(u.bytes)),
+        inodes_used: Some(u64v(u.inodes)),
     }))
 }
 
@@ -113,14 +85,18 @@ fn attributes(c: &Container) -> cri::ContainerAttributes {
 
 /// Stats of one container, and its cgroup reading (for summing into a pod). A container
 /// without a live cgroup (created, exited) has attributes and a writable layer only.
-async fn stats_of(node: &Node, c: &Container) -> Result<(cri::ContainerStats, Option<Sample>)> {
+async fn stats_of(
+    node: &Node,
+    c: &Container,
+    fresh: bool,
+) -> Result<(cri::ContainerStats, Option<Sample>)> {
     let mut out = cri::ContainerStats {
         attributes: Some(attributes(c)),
-        writable_layer: writable_layer(node, &c.id).await?,
+        writable_layer: writable_layer(node, &c.id, fresh).await?,
         ..Default::default()
     };
     let mut sample = None;
-    if c.state().phase == Phase::Running {
+    if c.phase() == Phase::Running {
         if let Some(cg) = container_cgroup(c) {
             let at = now_ns();
             match cg.sample() {
@@ -140,7 +116,7 @@ async fn stats_of(node: &Node, c: &Container) -> Result<(cri::ContainerStats, Op
 
 pub async fn container_stats(node: &Node, id: &str) -> Result<cri::ContainerStats> {
     let c = node.rt.containers.get(id)?;
-    Ok(stats_of(node, &c).await?.0)
+    Ok(stats_of(node, &c, true).await?.0)
 }
 
 fn container_matches(c: &Container, f: Option<&cri::ContainerStatsFilter>) -> bool {
@@ -164,7 +140,7 @@ pub async fn list_container_stats(
         .into_iter()
         .filter(|c| c.state().phase == Phase::Running && container_matches(c, filter))
         .collect();
-    let results = futures::future::join_all(cs.iter().map(|c| stats_of(node, c))).await;
+    let results = futures::future::join_all(cs.iter().map(|c| stats_of(node, c, false))).await;
     let mut out = Vec::with_capacity(results.len());
     for r in results {
         match r {
@@ -266,15 +242,20 @@ fn network_usage(sb: &Sandbox, at_ns: i64) -> Option<cri::NetworkUsage> {
     })
 }
 
-async fn pod_stats_of(node: &Node, sb: &Sandbox) -> Result<cri::PodSandboxStats> {
-    let containers = node.rt.containers.in_sandbox(&sb.id);
+async fn pod_stats_of(node: &Node, sb: &Sandbox, fresh: bool) -> Result<cri::PodSandboxStats> {
+    let containers: Vec<Arc<Container>> = node
+        .rt
+        .containers
+        .in_sandbox(&sb.id)
+        .into_iter()
+        .filter(|c| c.phase() == Phase::Running)
+        .collect();
     let mut per_container = Vec::new();
     let mut summed = Sample::default();
-    for c in containers
-        .iter()
-        .filter(|c| c.state().phase == Phase::Running)
-    {
-        match stats_of(node, c).await {
+    let results =
+        futures::future::join_all(containers.iter().map(|c| stats_of(node, c, fresh))).await;
+    for r in results {
+        match r {
             Ok((s, sample)) => {
                 if let Some(sample) = sample {
                     summed.add(&sample);
@@ -325,7 +306,7 @@ async fn pod_stats_of(node: &Node, sb: &Sandbox) -> Result<cri::PodSandboxStats>
 
 pub async fn pod_sandbox_stats(node: &Node, id: &str) -> Result<cri::PodSandboxStats> {
     let sb = node.rt.sandboxes.get(id)?;
-    pod_stats_of(node, &sb).await
+    pod_stats_of(node, &sb, true).await
 }
 
 /// Stats of every ready pod that matches the filter.
@@ -349,9 +330,13 @@ pub async fn list_pod_sandbox_stats(
         })
         .collect();
     sbs.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut out = Vec::with_capacity(sbs.len());
-    for sb in sbs {
-        match pod_stats_of(node, &sb).await {
+    // Pods gathered concurrently: one slow cgroup read or usage read does not hold up the
+    // rest (the writable layers come from the usage cache).
+    let results =
+        futures::future::join_all(sbs.iter().map(|sb| pod_stats_of(node, sb, false))).await;
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
             Ok(s) => out.push(s),
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),

@@ -199,7 +199,7 @@ async fn create_in(
     let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
     let created_at = task::now_ns();
 
-    c.create_lease(id).await?;
+    crate::timed!("s.lease", c.create_lease(id).await)?;
     made.lease = true;
 
     if !config.log_directory.is_empty() {
@@ -220,7 +220,7 @@ async fn create_in(
     } else {
         config.hostname.clone()
     };
-    files::write(&dir, &config, &hostname, host_ipc)?;
+    crate::timed!("s.files", files::write(&dir, &config, &hostname, host_ipc))?;
 
     let mut state = SandboxState {
         ready: false,
@@ -228,25 +228,30 @@ async fn create_in(
         ..Default::default()
     };
     if !host_net {
-        let path = network.create_netns(&netns_name(id))?;
+        let path = crate::timed!("s.netns", network.create_netns(&netns_name(id)))?;
         made.netns = Some(path.clone());
         state.netns_path = Some(path.clone());
         // Recorded before CNI ADD: if peapod dies during it, recovery finds the namespace
         // and runs DEL (idempotent), so no IP or veth outlives a crash.
         state.network_attached = true;
-        store::write_json_atomic(&state_file(&dir), &state)?;
+        crate::timed!(
+            "s.state1",
+            store::write_json_atomic(&state_file(&dir), &state)
+        )?;
         let req = network_request(id, &config, path);
         made.network = Some(req.clone());
-        let net = network.setup(&req).await?;
+        let net = crate::timed!("s.cni", network.setup(&req).await)?;
         state.ips = net.ips;
         state.network_attached = true;
     }
     store::write_json_atomic(&state_file(&dir), &state)?;
 
     let what = format!("sandbox {id}");
-    let mounts = c
-        .prepare_snapshot(&rt.config.snapshotter, id, &image.chain_id, &what)
-        .await?;
+    let mounts = crate::timed!(
+        "s.prepare",
+        c.prepare_snapshot(&rt.config.snapshotter, id, &image.chain_id, &what)
+            .await
+    )?;
     made.snapshot = true;
 
     let spec = crate::spec::sandbox_spec(&crate::spec::SandboxSpecInput {
@@ -289,11 +294,17 @@ async fn create_in(
     // broken connection) does not mean containerd did not create it, and the delete in
     // the undo is idempotent.
     made.container = true;
-    c.create_container(&rt.config, record, &what).await?;
+    crate::timed!(
+        "s.create",
+        c.create_container(&rt.config, record, &what).await
+    )?;
 
-    task::create(c, id, mounts, task::NO_IO).await?;
+    crate::timed!(
+        "s.taskcreate",
+        task::create(c, id, mounts, task::NO_IO).await
+    )?;
     made.task = true;
-    let pid = task::start(c, id).await?;
+    let pid = crate::timed!("s.taskstart", task::start(c, id).await)?;
     state.pid = pid;
     state.ready = true;
     store::write_json_atomic(&state_file(&dir), &state)?;
@@ -366,8 +377,11 @@ pub fn watch_pause(rt: Arc<Runtime>, sb: Arc<Sandbox>) {
 /// Stops the sandbox: its pause task, its CNI attachment and network namespace, its shm.
 /// The caller holds `sb.op` and has stopped the pod's containers. Idempotent.
 pub async fn stop(rt: &Runtime, network: &Network, sb: &Sandbox) -> Result<()> {
-    task::kill_and_delete(&rt.ctrd, &sb.id, STOP_KILL_LIMIT).await?;
-    sb.update(|s| s.ready = false)?;
+    crate::timed!(
+        "st.killdel",
+        task::kill_and_delete(&rt.ctrd, &sb.id, STOP_KILL_LIMIT).await
+    )?;
+    crate::timed!("st.state", sb.update(|s| s.ready = false))?;
     let st = sb.state();
     if st.network_attached {
         let req = network_request(
@@ -375,14 +389,14 @@ pub async fn stop(rt: &Runtime, network: &Network, sb: &Sandbox) -> Result<()> {
             &sb.config,
             st.netns_path.clone().unwrap_or_default(),
         );
-        network.teardown(&req).await?;
+        crate::timed!("st.cnidel", network.teardown(&req).await)?;
         sb.update(|s| s.network_attached = false)?;
     }
     if let Some(p) = st.netns_path {
-        netns::remove(&p)?;
+        crate::timed!("st.netns", netns::remove(&p))?;
         sb.update(|s| s.netns_path = None)?;
     }
-    files::unmount_shm(&sb.dir)?;
+    crate::timed!("st.shm", files::unmount_shm(&sb.dir))?;
     tracing::info!(sandbox = %sb.id, "pod sandbox stopped");
     Ok(())
 }

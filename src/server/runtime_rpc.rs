@@ -126,6 +126,8 @@ impl runtime_service_server::RuntimeService for Peapod {
         let id = req.into_inner().container_id;
         require_id(&id, "container_id")?;
         container::lifecycle::remove(self.rt(), &id).await?;
+        // Its writable layer no longer counts in ImageFsInfo.
+        self.node.images.usage().forget(&id);
         Ok(Response::new(RemoveContainerResponse {}))
     }
 

@@ -1,6 +1,7 @@
 //! What peapod knows of each workload container: the in-memory index served to
 //! List/Status, and the status containerd cannot keep, persisted per container.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -93,6 +94,10 @@ pub struct ContainerState {
     /// the cgroup's counter): its exit is reported as OOMKilled.
     #[serde(default)]
     pub oom_killed: bool,
+    /// RemoveContainer has answered: what containerd still holds of the container is being
+    /// deleted, and a restarted peapod finishes that instead of recovering the container.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removing: bool,
 }
 
 pub struct Container {
@@ -102,7 +107,11 @@ pub struct Container {
     pub config: cri::ContainerConfig,
     pub meta: ContainerMeta,
     state_path: PathBuf,
+    /// What List and Status read: held only to copy or swap the state, never across a write.
     state: Mutex<ContainerState>,
+    /// Serialises the writers of the state file, so the file always ends with the latest
+    /// state; the state file's fsync happens under this lock, not under `state`.
+    writer: Mutex<()>,
     /// Serialises start/stop/remove of this container.
     pub op: tokio::sync::Mutex<()>,
     /// The log writer while the container's stdio is attached (shared so ReopenContainerLog
@@ -113,6 +122,11 @@ pub struct Container {
     pub stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
     /// Notified whenever the state changes (exit observers wait on it).
     pub changed: tokio::sync::Notify,
+    /// The process of the container's OCI spec as `{"process": ...}`, kept after the first
+    /// exec so later ones (kubelet's exec probes, every few seconds) skip containerd's
+    /// Containers.Get and the parse of the whole spec. Nothing changes the process after
+    /// create (UpdateContainerResources changes `linux.resources` only).
+    pub exec_base: std::sync::OnceLock<Arc<serde_json::Value>>,
 }
 
 impl Container {
@@ -131,25 +145,40 @@ impl Container {
             config,
             meta,
             state: Mutex::new(state),
+            writer: Mutex::new(()),
             op: tokio::sync::Mutex::new(()),
             log: Mutex::new(None),
             stdin: tokio::sync::Mutex::new(None),
             changed: tokio::sync::Notify::new(),
+            exec_base: std::sync::OnceLock::new(),
         }
     }
 
-    pub fn state(&self) -> ContainerState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, ContainerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Changes the state, persisting it before anyone can observe the change.
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state(&self) -> ContainerState {
+        self.lock_state().clone()
+    }
+
+    /// The phase alone, without copying the rest of the state.
+    pub fn phase(&self) -> Phase {
+        self.lock_state().phase
+    }
+
+    /// Changes the state, persisting it before anyone can observe the change. Readers keep
+    /// seeing the previous state while the file is written.
     pub fn update(&self, f: impl FnOnce(&mut ContainerState)) -> Result<ContainerState> {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = g.clone();
+        let _w = self.lock_writer();
+        let mut next = self.state();
         f(&mut next);
         write_json_atomic(&self.state_path, &next)?;
-        *g = next.clone();
-        drop(g);
+        *self.lock_state() = next.clone();
         self.changed.notify_waiters();
         Ok(next)
     }
@@ -159,19 +188,22 @@ impl Container {
     /// a container left RUNNING in memory after its exit wedges every later Stop and Remove.
     /// The write error is returned for the caller to retry with [`Container::persist`].
     pub fn apply(&self, f: impl FnOnce(&mut ContainerState)) -> (ContainerState, Result<()>) {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut g);
-        let next = g.clone();
-        let written = write_json_atomic(&self.state_path, &next);
-        drop(g);
+        let _w = self.lock_writer();
+        let next = {
+            let mut g = self.lock_state();
+            f(&mut g);
+            g.clone()
+        };
         self.changed.notify_waiters();
+        let written = write_json_atomic(&self.state_path, &next);
         (next, written)
     }
 
     /// Writes the current state (a retry after [`Container::apply`] could not).
     pub fn persist(&self) -> Result<()> {
-        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        write_json_atomic(&self.state_path, &*g)
+        let _w = self.lock_writer();
+        let now = self.state();
+        write_json_atomic(&self.state_path, &now)
     }
 
     /// The resources in force: the last update's, else the create request's.
@@ -210,7 +242,7 @@ impl Container {
     }
 
     pub fn cri_state(&self) -> cri::ContainerState {
-        match self.state().phase {
+        match self.phase() {
             Phase::Created => cri::ContainerState::ContainerCreated,
             Phase::Running => cri::ContainerState::ContainerRunning,
             Phase::Exited => cri::ContainerState::ContainerExited,
@@ -318,18 +350,82 @@ impl Indexed for Container {
     }
 }
 
-/// The in-memory index of workload containers.
+/// The in-memory index of workload containers, and the removals still under way in the
+/// background (RemoveContainer answers once the removal is recorded).
 #[derive(Default)]
-pub struct Containers(Index<Container>);
+pub struct Containers {
+    index: Index<Container>,
+    removals: Arc<Mutex<HashMap<String, Removal>>>,
+}
+
+struct Removal {
+    sandbox_id: String,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Held by a background removal; dropping it marks the removal finished.
+pub struct RemovalUnderWay {
+    id: String,
+    done: tokio::sync::watch::Sender<bool>,
+    removals: Arc<Mutex<HashMap<String, Removal>>>,
+}
+
+impl Drop for RemovalUnderWay {
+    fn drop(&mut self) {
+        self.removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        let _ = self.done.send(true);
+    }
+}
 
 impl std::ops::Deref for Containers {
     type Target = Index<Container>;
     fn deref(&self) -> &Self::Target {
-        &self.0
+        &self.index
     }
 }
 
 impl Containers {
+    /// Records that container `id` of `sandbox_id` is being removed in the background.
+    pub fn removal_started(&self, id: &str, sandbox_id: &str) -> RemovalUnderWay {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id.to_string(),
+                Removal {
+                    sandbox_id: sandbox_id.to_string(),
+                    done: rx,
+                },
+            );
+        RemovalUnderWay {
+            id: id.to_string(),
+            done: tx,
+            removals: self.removals.clone(),
+        }
+    }
+
+    /// Waits until no removal of a container of `sandbox_id` is under way, at most `limit`.
+    /// True when none is left.
+    pub async fn removals_settled(&self, sandbox_id: &str, limit: std::time::Duration) -> bool {
+        let pending: Vec<tokio::sync::watch::Receiver<bool>> = self
+            .removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|r| r.sandbox_id == sandbox_id)
+            .map(|r| r.done.clone())
+            .collect();
+        let all = futures::future::join_all(pending.into_iter().map(|mut rx| async move {
+            // A dropped sender also means done.
+            let _ = rx.wait_for(|d| *d).await;
+        }));
+        tokio::time::timeout(limit, all).await.is_ok()
+    }
+
     pub fn in_sandbox(&self, sandbox_id: &str) -> Vec<Arc<Container>> {
         self.all()
             .into_iter()
@@ -338,20 +434,24 @@ impl Containers {
     }
 
     pub fn list(&self, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
+        // Filtered before anything is copied out of the records.
         let mut out: Vec<cri::Container> = self
             .all()
             .iter()
-            .map(|c| c.to_cri())
             .filter(|c| match filter {
                 None => true,
                 Some(f) => {
                     (f.id.is_empty() || c.id.starts_with(&f.id))
                         && (f.pod_sandbox_id.is_empty()
-                            || c.pod_sandbox_id.starts_with(&f.pod_sandbox_id))
-                        && f.state.as_ref().map(|s| s.state == c.state).unwrap_or(true)
-                        && labels_match(&c.labels, &f.label_selector)
+                            || c.meta.sandbox_id.starts_with(&f.pod_sandbox_id))
+                        && f.state
+                            .as_ref()
+                            .map(|s| s.state == c.cri_state() as i32)
+                            .unwrap_or(true)
+                        && labels_match(&c.config.labels, &f.label_selector)
                 }
             })
+            .map(|c| c.to_cri())
             .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         out
@@ -364,4 +464,64 @@ pub fn reserved_name(c: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) 
         "{}_{}_{}_{}_{}",
         c.name, pod.name, pod.namespace, pod.uid, c.attempt
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(dir: &Path) -> Container {
+        Container::new(
+            "ab".repeat(32),
+            "n".into(),
+            Default::default(),
+            ContainerMeta::default(),
+            dir,
+            ContainerState::default(),
+        )
+    }
+
+    #[test]
+    fn readers_do_not_wait_for_a_state_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(container(dir.path()));
+        // A writer in the middle of writing the file holds the writer lock.
+        let _writing = c.lock_writer();
+        let reader = {
+            let c = c.clone();
+            std::thread::spawn(move || (c.phase(), c.to_cri().state, c.status().state))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !reader.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "List/Status blocked behind a state write"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let (phase, _, _) = reader.join().unwrap();
+        assert_eq!(phase, Phase::Created);
+    }
+
+    #[test]
+    fn an_update_is_seen_only_once_written_and_not_at_all_when_the_write_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = container(dir.path());
+        c.update(|s| s.phase = Phase::Running).unwrap();
+        let on_disk: ContainerState = super::super::files::read_json(c.state_path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(on_disk.phase, Phase::Running);
+        // The state directory becomes a file: every write now fails.
+        std::fs::remove_dir_all(dir.path().join("containers")).unwrap();
+        std::fs::write(dir.path().join("containers"), "").unwrap();
+        assert!(c.update(|s| s.phase = Phase::Exited).is_err());
+        assert_eq!(c.phase(), Phase::Running, "a failed write changes nothing");
+        // apply keeps the change in memory and reports the failed write.
+        let (st, written) = c.apply(|s| s.phase = Phase::Exited);
+        assert_eq!(st.phase, Phase::Exited);
+        assert!(written.is_err());
+        assert_eq!(c.phase(), Phase::Exited);
+        assert!(!st.removing, "not removing unless RemoveContainer says so");
+    }
 }

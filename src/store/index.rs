@@ -44,6 +44,10 @@ impl<T: Indexed> Index<T> {
     /// By full id or unique prefix.
     pub fn get(&self, id_or_prefix: &str) -> Result<Arc<T>> {
         let m = self.map.read().unwrap_or_else(|p| p.into_inner());
+        // A full id (what kubelet always sends) without scanning for prefixes.
+        if let Some(v) = m.get(id_or_prefix) {
+            return Ok(v.clone());
+        }
         let id = resolve_prefix(m.keys(), id_or_prefix, T::KIND)?;
         m.get(&id)
             .cloned()

@@ -33,7 +33,11 @@ pub struct Sandbox {
     pub runtime_handler: String,
     /// `<state_dir>/sandboxes/<id>`: state file, hostname, hosts, resolv.conf, shm.
     pub dir: PathBuf,
+    /// What List and Status read: held only to copy or swap the state, never across a write.
     state: Mutex<SandboxState>,
+    /// Serialises the writers of the state file (whose fsync happens under this lock, not
+    /// under `state`).
+    writer: Mutex<()>,
     /// Serialises stop/remove of one sandbox.
     pub op: tokio::sync::Mutex<()>,
 }
@@ -54,23 +58,29 @@ impl Sandbox {
             runtime_handler,
             dir,
             state: Mutex::new(state),
+            writer: Mutex::new(()),
             op: tokio::sync::Mutex::new(()),
         }
     }
 
-    pub fn state(&self) -> SandboxState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, SandboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Changes the state and persists it before anyone can observe the change.
+    pub fn state(&self) -> SandboxState {
+        self.lock_state().clone()
+    }
+
+    /// Changes the state and persists it before anyone can observe the change. Readers keep
+    /// seeing the previous state while the file is written.
     pub fn update(&self, f: impl FnOnce(&mut SandboxState)) -> Result<()> {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = g.clone();
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = self.state();
         f(&mut next);
         if self.dir.exists() {
             write_json_atomic(&state_file(&self.dir), &next)?;
         }
-        *g = next;
+        *self.lock_state() = next;
         Ok(())
     }
 
@@ -94,7 +104,7 @@ impl Sandbox {
             .unwrap_or(cri::NamespaceMode::Container)
     }
     pub fn pid(&self) -> u32 {
-        self.state().pid
+        self.lock_state().pid
     }
     pub fn netns_path(&self) -> Option<PathBuf> {
         self.state().netns_path
@@ -127,16 +137,19 @@ impl Sandbox {
         self.config.metadata.clone().unwrap_or_default()
     }
     pub fn is_ready(&self) -> bool {
-        self.state().ready
+        self.lock_state().ready
+    }
+
+    fn created_at(&self) -> i64 {
+        self.lock_state().created_at
     }
 
     pub fn to_cri(&self) -> cri::PodSandbox {
-        let st = self.state();
         cri::PodSandbox {
             id: self.id.clone(),
             metadata: Some(self.metadata()),
-            state: cri_state(st.ready) as i32,
-            created_at: st.created_at,
+            state: cri_state(self.is_ready()) as i32,
+            created_at: self.created_at(),
             labels: self.config.labels.clone(),
             annotations: self.config.annotations.clone(),
             runtime_handler: self.runtime_handler.clone(),
@@ -207,21 +220,22 @@ impl std::ops::Deref for Sandboxes {
 
 impl Sandboxes {
     pub fn list(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        // Filtered before anything is copied out of the records.
         let mut out: Vec<cri::PodSandbox> = self
             .all()
             .iter()
-            .map(|s| s.to_cri())
             .filter(|s| match filter {
                 None => true,
                 Some(f) => {
                     (f.id.is_empty() || s.id.starts_with(&f.id))
                         && f.state
                             .as_ref()
-                            .map(|st| st.state == s.state)
+                            .map(|st| st.state == cri_state(s.is_ready()) as i32)
                             .unwrap_or(true)
-                        && labels_match(&s.labels, &f.label_selector)
+                        && labels_match(&s.config.labels, &f.label_selector)
                 }
             })
+            .map(|s| s.to_cri())
             .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         out

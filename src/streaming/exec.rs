@@ -68,8 +68,8 @@ pub fn process_spec(spec: &Value, cmd: &[String], tty: bool) -> Result<Value> {
 async fn exec(rt: &Runtime, req: cri::ExecRequest, mut s: Session) -> Result<u32> {
     let c = &rt.ctrd;
     let id = req.container_id.as_str();
-    let (_, spec) = stored_spec::get(c, id).await?;
-    let process = serde_json::to_vec(&process_spec(&spec, &req.cmd, req.tty)?)
+    let base = stored_spec::exec_base(rt, id).await?;
+    let process = serde_json::to_vec(&process_spec(&base, &req.cmd, req.tty)?)
         .map_err(|e| Error::internal(format!("encode exec process spec: {e}")))?;
     // containerd limits exec ids to 76 characters; 32 hex is plenty of randomness.
     let exec_id = crate::id::generate()[..32].to_string();
