@@ -459,6 +459,14 @@ pub struct ContainerRecord<'a> {
     pub created_at: prost_types::Timestamp,
 }
 
+/// Which of an object's containerd parts a create has made so far.
+#[derive(Debug, Default)]
+pub struct Made {
+    pub lease: bool,
+    pub snapshot: bool,
+    pub container: bool,
+}
+
 /// The containerd objects behind each sandbox and container peapod makes: a lease named
 /// after it, a writable snapshot keyed by its id and held by that lease, and its container
 /// record (the same for pause and workload containers, told apart by the kind label).
@@ -539,6 +547,27 @@ impl Containerd {
             .map_err(ctrd(format!("list the {kind} records")))?
             .into_inner()
             .containers)
+    }
+
+    /// Undoes a create cut short: deletes the parts `made` names, record, snapshot, then
+    /// lease, going on past a failure (logged with `kind`, e.g. "sandbox"): the caller's
+    /// own error is the one reported, and what is left is swept at the next start.
+    pub async fn undo_object(&self, snapshotter: &str, id: &str, kind: &str, made: &Made) {
+        if made.container {
+            if let Err(e) = self.delete_container(id).await {
+                tracing::warn!(id, kind, error = %e, "undo: container record");
+            }
+        }
+        if made.snapshot {
+            if let Err(e) = self.remove_snapshot(snapshotter, id).await {
+                tracing::warn!(id, kind, error = %e, "undo: snapshot");
+            }
+        }
+        if made.lease {
+            if let Err(e) = self.delete_lease(id).await {
+                tracing::warn!(id, kind, error = %e, "undo: lease");
+            }
+        }
     }
 
     /// Deletes the object's container record, snapshot and lease, in that order (its task

@@ -16,7 +16,7 @@ use containerd_client::services::v1::snapshots::MountsRequest;
 use prost::Message;
 
 use super::monitor::{self, emit};
-use crate::containerd::ContainerRecord;
+use crate::containerd::{self, ContainerRecord};
 use crate::cri;
 use crate::error::{ctrd, Error, Result};
 use crate::image::ImageInfo;
@@ -63,9 +63,7 @@ pub fn ready_sandbox(rt: &Runtime, sandbox_id: &str) -> Result<Arc<Sandbox>> {
 /// What a CreateContainer has made so far, undone if a later step fails.
 #[derive(Default)]
 struct Made {
-    lease: bool,
-    snapshot: bool,
-    container: bool,
+    objects: containerd::Made,
     state_file: Option<PathBuf>,
 }
 
@@ -155,14 +153,14 @@ async fn create_in(
     };
 
     crate::timed!("c.lease", c.create_lease(id).await)?;
-    made.lease = true;
+    made.objects.lease = true;
     let what = format!("container {id}");
     let mounts = crate::timed!(
         "c.prepare",
         c.prepare_snapshot(&rt.config.snapshotter, id, &image.chain_id, &what)
             .await
     )?;
-    made.snapshot = true;
+    made.objects.snapshot = true;
 
     // The user database of the image, from the container's own (still empty) snapshot.
     let tmp = super::rootfs::views_dir(rt);
@@ -241,7 +239,7 @@ async fn create_in(
     // Counted as made before the call: a failed answer (a response too large to decode, a
     // broken connection) does not mean containerd did not create it, and the delete in
     // the undo is idempotent.
-    made.container = true;
+    made.objects.container = true;
     crate::timed!(
         "c.create",
         c.create_container(&rt.config, record, &what).await
@@ -326,21 +324,9 @@ fn target_pid(rt: &Runtime, config: &cri::ContainerConfig) -> Result<Option<u32>
 }
 
 async fn undo(rt: &Runtime, id: &str, made: Made) {
-    if made.container {
-        if let Err(e) = rt.ctrd.delete_container(id).await {
-            tracing::warn!(container = id, error = %e, "undo: container");
-        }
-    }
-    if made.snapshot {
-        if let Err(e) = rt.ctrd.remove_snapshot(&rt.config.snapshotter, id).await {
-            tracing::warn!(container = id, error = %e, "undo: snapshot");
-        }
-    }
-    if made.lease {
-        if let Err(e) = rt.ctrd.delete_lease(id).await {
-            tracing::warn!(container = id, error = %e, "undo: lease");
-        }
-    }
+    rt.ctrd
+        .undo_object(&rt.config.snapshotter, id, "container", &made.objects)
+        .await;
     if let Some(p) = made.state_file {
         let _ = std::fs::remove_file(p);
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prost::Message;
 
-use crate::containerd::ContainerRecord;
+use crate::containerd::{self, ContainerRecord};
 use crate::cri;
 use crate::error::{Error, Result};
 use crate::image::ImageInfo;
@@ -140,15 +140,14 @@ fn network_request(
     }
 }
 
-/// What a RunPodSandbox has made so far, undone in reverse order if a later step fails.
+/// What a RunPodSandbox has made so far, undone if a later step fails: the task first, then
+/// the containerd objects, then the network, the netns and the files.
 #[derive(Default)]
 struct Made {
-    lease: bool,
+    objects: containerd::Made,
     dir: Option<PathBuf>,
     netns: Option<PathBuf>,
     network: Option<PodNetworkRequest>,
-    snapshot: bool,
-    container: bool,
     task: bool,
 }
 
@@ -200,7 +199,7 @@ async fn create_in(
     let created_at = task::now_ns();
 
     crate::timed!("s.lease", c.create_lease(id).await)?;
-    made.lease = true;
+    made.objects.lease = true;
 
     if !config.log_directory.is_empty() {
         std::fs::create_dir_all(&config.log_directory).map_err(|e| {
@@ -252,7 +251,7 @@ async fn create_in(
         c.prepare_snapshot(&rt.config.snapshotter, id, &image.chain_id, &what)
             .await
     )?;
-    made.snapshot = true;
+    made.objects.snapshot = true;
 
     let spec = crate::spec::sandbox_spec(&crate::spec::SandboxSpecInput {
         id,
@@ -293,7 +292,7 @@ async fn create_in(
     // Counted as made before the call: a failed answer (a response too large to decode, a
     // broken connection) does not mean containerd did not create it, and the delete in
     // the undo is idempotent.
-    made.container = true;
+    made.objects.container = true;
     crate::timed!(
         "s.create",
         c.create_container(&rt.config, record, &what).await
@@ -331,16 +330,9 @@ async fn undo(rt: &Runtime, network: &Network, id: &str, made: Made) {
             tracing::warn!(sandbox = id, error = %e, "undo: task");
         }
     }
-    if made.container {
-        if let Err(e) = rt.ctrd.delete_container(id).await {
-            tracing::warn!(sandbox = id, error = %e, "undo: container");
-        }
-    }
-    if made.snapshot {
-        if let Err(e) = rt.ctrd.remove_snapshot(&rt.config.snapshotter, id).await {
-            tracing::warn!(sandbox = id, error = %e, "undo: snapshot");
-        }
-    }
+    rt.ctrd
+        .undo_object(&rt.config.snapshotter, id, "sandbox", &made.objects)
+        .await;
     if let Some(req) = made.network {
         if let Err(e) = network.teardown(&req).await {
             tracing::warn!(sandbox = id, error = %e, "undo: CNI teardown");
@@ -354,11 +346,6 @@ async fn undo(rt: &Runtime, network: &Network, id: &str, made: Made) {
     if let Some(d) = made.dir {
         if let Err(e) = files::remove(&d) {
             tracing::warn!(sandbox = id, error = %e, "undo: sandbox dir");
-        }
-    }
-    if made.lease {
-        if let Err(e) = rt.ctrd.delete_lease(id).await {
-            tracing::warn!(sandbox = id, error = %e, "undo: lease");
         }
     }
 }
