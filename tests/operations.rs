@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::cri::{config, pod, Client};
+use common::cri::{config, pod, try_run, Client};
 use common::metrics::{assert_answered_once, cri, http_get, sample, scrape};
 use common::{bins, oci, Rig};
 use peapod::cri::*;
@@ -28,21 +28,9 @@ async fn metrics_count_a_pod_lifecycle() {
     .await;
     let mut rt: Client = rig.runtime_client().await;
     let p = pod(&rig, &mut rt, "metrics").await;
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: p.id.clone(),
-            config: Some(config("web", "sleep 3600")),
-            sandbox_config: Some(p.config.clone()),
-        })
+    let id = try_run(&mut rt, &p, config("web", "sleep 3600"))
         .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
+        .expect("CreateContainer + StartContainer");
     // One failing call, to be counted under its code.
     let missing = rt
         .container_status(ContainerStatusRequest {

@@ -13,7 +13,7 @@ use peapod::cri::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::cri::{config, pod, pod_with, status, Client, Pod};
+use common::cri::{config, pod, pod_with, status, try_run, Client, Pod};
 use common::Rig;
 
 const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
@@ -106,22 +106,9 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 async fn run(rt: &mut Client, pod: &Pod, c: ContainerConfig) -> String {
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.id.clone(),
-            config: Some(c),
-            sandbox_config: Some(pod.config.clone()),
-        })
+    try_run(rt, pod, c)
         .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
-    id
+        .expect("CreateContainer + StartContainer")
 }
 
 async fn exec_sync(rt: &mut Client, id: &str, script: &str) -> ExecSyncResponse {
