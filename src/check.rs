@@ -82,27 +82,14 @@ impl std::fmt::Display for Finding {
 pub async fn run(config: &Config, args: &CheckArgs) -> Vec<Finding> {
     let mut out = vec![privileges()];
     let ctrd = Containerd::connect_lazy(&config.containerd_socket, &config.namespace);
-    let caps = match &ctrd {
-        Ok(c) => {
-            let (f, caps) = containerd(c).await;
-            out.push(f);
-            caps
-        }
-        Err(e) => {
-            out.push(Finding::fail(
-                "containerd",
-                e,
-                "set --containerd-socket to containerd's socket path",
-            ));
-            None
-        }
-    };
-    match (&ctrd, &caps) {
-        (Ok(c), Some(caps)) => {
+    let (f, caps) = containerd(&ctrd).await;
+    out.push(f);
+    match &caps {
+        Some(caps) => {
             out.push(builtin_cri(caps));
-            out.push(sandbox_image(c, config).await);
+            out.push(sandbox_image(&ctrd, config).await);
         }
-        _ => {
+        None => {
             out.push(Finding::skip(
                 "containerd CRI plugin",
                 "containerd is not reachable",

@@ -29,9 +29,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Result<Self> {
-        let ctrd = Containerd::connect_lazy(&config.containerd_socket, &config.namespace)?;
-        Ok(Runtime {
+    pub fn new(config: Config) -> Self {
+        let ctrd = Containerd::connect_lazy(&config.containerd_socket, &config.namespace);
+        Runtime {
             config,
             ctrd,
             names: Names::default(),
@@ -40,7 +40,7 @@ impl Runtime {
             events: tokio::sync::broadcast::channel(1024).0,
             recovered: AtomicBool::new(false),
             unpersisted: Unpersisted::default(),
-        })
+        }
     }
 
     /// Marks the index as rebuilt: the RPCs that need it are served from now on.

@@ -237,7 +237,7 @@ mod tests {
             containerd_socket: dir.path().join("absent.sock"),
             ..Default::default()
         };
-        let rt = Runtime::new(config).unwrap();
+        let rt = Runtime::new(config);
         let mut rx = rt.events.subscribe();
         let c = Container::new(
             "ab".repeat(32),

@@ -94,7 +94,6 @@ mod tests {
             containerd_socket: dir.join("absent.sock"),
             ..Default::default()
         })
-        .unwrap()
     }
 
     fn container(rt: &Runtime, dir: &std::path::Path, id: &str, st: ContainerState) {

@@ -310,7 +310,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_containerd_leaves_the_cache_stale() {
         let dir = tempfile::tempdir().unwrap();
-        let ctrd = Containerd::connect_lazy(&dir.path().join("absent.sock"), "k8s.io").unwrap();
+        let ctrd = Containerd::connect_lazy(&dir.path().join("absent.sock"), "k8s.io");
         let u = SnapshotUsage::new(ctrd, "overlayfs");
         assert!(u.total().await.is_err());
         assert!(u.table().stale, "retried at the next ImageFsInfo");

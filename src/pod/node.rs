@@ -29,7 +29,7 @@ impl Node {
     pub fn new(config: Config) -> Result<Self> {
         let host = HostInfo::from_config(&config);
         let network = Network::new(&config);
-        let rt = Arc::new(Runtime::new(config)?);
+        let rt = Arc::new(Runtime::new(config));
         let images = ImageStore::new(rt.ctrd.clone(), &rt.config.snapshotter);
         Ok(Node {
             puller: Puller::new(&images, &rt.config),

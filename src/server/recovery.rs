@@ -87,14 +87,11 @@ mod tests {
     #[tokio::test]
     async fn an_index_rpc_before_recovery_is_unavailable() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = Arc::new(
-            Runtime::new(crate::config::Config {
-                state_dir: dir.path().to_path_buf(),
-                containerd_socket: dir.path().join("absent.sock"),
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        let rt = Arc::new(Runtime::new(crate::config::Config {
+            state_dir: dir.path().to_path_buf(),
+            containerd_socket: dir.path().join("absent.sock"),
+            ..Default::default()
+        }));
         let ok = tower::service_fn(|_req: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
         });
