@@ -130,6 +130,45 @@ pub async fn state(c: &Containerd, id: &str) -> Result<State> {
     }
 }
 
+/// How long recovery asks again while containerd answers UNKNOWN for a task.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// containerd answers UNKNOWN (pid 0) when the shim misses its 2 s state timeout: a busy
+/// shim (a grouped pod's shim in the middle of a kill or delete, a loaded node) or one a
+/// cut-off request left wedged. One answer decides nothing, so this asks again until the
+/// answer is definite or `limit` has passed; then UNKNOWN stands and the caller decides.
+pub async fn settled_state(c: &Containerd, id: &str, limit: Duration) -> Result<State> {
+    let start = tokio::time::Instant::now();
+    loop {
+        let st = state(c, id).await?;
+        if !matches!(st, State::Other(_)) || start.elapsed() >= limit {
+            return Ok(st);
+        }
+        tracing::debug!(task = id, "task state UNKNOWN; asking again");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// [`settled_state`] of many tasks at once (at most `SETTLE_CONCURRENCY` in flight), so
+/// one busy shim does not hold up the answers for all the others.
+pub async fn settled_states(
+    c: &Containerd,
+    ids: Vec<String>,
+    limit: Duration,
+) -> std::collections::HashMap<String, Result<State>> {
+    use futures::StreamExt;
+    futures::stream::iter(ids)
+        .map(|id| async move {
+            let st = settled_state(c, &id, limit).await;
+            (id, st)
+        })
+        .buffer_unordered(SETTLE_CONCURRENCY)
+        .collect()
+        .await
+}
+
+const SETTLE_CONCURRENCY: usize = 16;
+
 /// Waits for the task to exit. The Wait stream can break (containerd restarting, shim
 /// connection lost); then the task's status is polled instead, so a stop never hangs on
 /// one lost notification. A task that vanished counts as exited with code 255 (unknown).

@@ -19,6 +19,8 @@ use crate::{id, store, task};
 
 pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
     let list = rt.ctrd.list_containers(label::KIND_CONTAINER).await?;
+    let ids = list.iter().map(|c| c.id.clone()).collect();
+    let mut task_states = task::settled_states(&rt.ctrd, ids, task::SETTLE_LIMIT).await;
     let mut known = HashSet::new();
     for ctr in list {
         let id = ctr.id.clone();
@@ -71,7 +73,10 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
         ));
         // One container containerd cannot settle must not keep peapod from serving the rest
         // (containerd being down fails the listing above, and recovery retries).
-        if let Err(e) = reconcile(rt, &c).await {
+        let task_state = task_states
+            .remove(&id)
+            .unwrap_or_else(|| Ok(task::State::Absent));
+        if let Err(e) = reconcile(rt, &c, task_state).await {
             tracing::warn!(container = %id, error = %e, "cannot reconcile container with its task");
         }
         if !name.is_empty() {
@@ -102,9 +107,13 @@ pub async fn recover(rt: &Arc<Runtime>) -> Result<()> {
 }
 
 /// Brings the recorded state in line with the task.
-async fn reconcile(rt: &Arc<Runtime>, c: &Arc<Container>) -> Result<()> {
+async fn reconcile(
+    rt: &Arc<Runtime>,
+    c: &Arc<Container>,
+    task_state: Result<task::State>,
+) -> Result<()> {
     let phase = c.state().phase;
-    let task_state = task::state(&rt.ctrd, &c.id).await?;
+    let task_state = task_state?;
     match task_state.clone() {
         task::State::Created { .. } => {
             // peapod died between task create and start: the start is not trusted.

@@ -49,27 +49,51 @@ pub async fn recover(node: &Node) {
 
 /// After recovery of sandboxes and containers: a sandbox that is not ready but whose pause
 /// task still runs had its StopPodSandbox cut off by a crash; the stop is finished, so a
-/// NOTREADY pod never keeps running processes or network.
+/// NOTREADY pod never keeps running processes or network. The stops run side by side, each
+/// bounded: a wedged shim (whose kill containerd never answers) must not keep peapod from
+/// serving; its pod stays NOTREADY and kubelet's own StopPodSandbox tries again.
 async fn finish_interrupted_stops(node: &Node) {
+    use futures::StreamExt;
     let rt = &node.rt;
-    for sb in rt.sandboxes.all() {
-        let st = sb.state();
-        if st.ready || st.pid == 0 {
-            continue;
-        }
-        // UNKNOWN (the shim did not answer containerd in time) may well be running.
-        if !matches!(
-            task::state(&rt.ctrd, &sb.id).await,
-            Ok(task::State::Running { .. } | task::State::Other(_))
-        ) {
-            continue;
-        }
-        match super::lifecycle::stop_sandbox(node, &sb.id).await {
-            Ok(()) => tracing::info!(sandbox = %sb.id, "finished a stop a crash interrupted"),
-            Err(e) => tracing::warn!(sandbox = %sb.id, error = %e, "finish an interrupted stop"),
-        }
-    }
+    let candidates = rt
+        .sandboxes
+        .all()
+        .into_iter()
+        .filter(|sb| {
+            let st = sb.state();
+            !st.ready && st.pid != 0
+        })
+        .collect::<Vec<_>>();
+    futures::stream::iter(candidates)
+        .for_each_concurrent(INTERRUPTED_STOP_CONCURRENCY, |sb| async move {
+            // UNKNOWN (a shim that did not answer containerd in time) may well be running.
+            if !matches!(
+                task::state(&rt.ctrd, &sb.id).await,
+                Ok(task::State::Running { .. } | task::State::Other(_))
+            ) {
+                return;
+            }
+            let stop = super::lifecycle::stop_sandbox(node, &sb.id);
+            match tokio::time::timeout(INTERRUPTED_STOP_LIMIT, stop).await {
+                Ok(Ok(())) => {
+                    tracing::info!(sandbox = %sb.id, "finished a stop a crash interrupted")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(sandbox = %sb.id, error = %e, "finish an interrupted stop")
+                }
+                Err(_) => tracing::warn!(
+                    sandbox = %sb.id,
+                    limit_s = INTERRUPTED_STOP_LIMIT.as_secs(),
+                    "an interrupted stop did not finish in time; left to kubelet's StopPodSandbox"
+                ),
+            }
+        })
+        .await;
 }
+
+/// Interrupted stops finished at once, and how long each may take, before serving.
+const INTERRUPTED_STOP_CONCURRENCY: usize = 8;
+const INTERRUPTED_STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Leases a crashed peapod left: a pull's (no pull outlives the process) and those of
 /// sandboxes or containers whose creation was cut off before containerd had a record of

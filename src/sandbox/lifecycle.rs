@@ -364,11 +364,13 @@ pub fn watch_pause(rt: Arc<Runtime>, sb: Arc<Sandbox>) {
 /// Stops the sandbox: its pause task, its CNI attachment and network namespace, its shm.
 /// The caller holds `sb.op` and has stopped the pod's containers. Idempotent.
 pub async fn stop(rt: &Runtime, network: &Network, sb: &Sandbox) -> Result<()> {
+    // Recorded before the kill: a crash from here on leaves a NOTREADY pod whose stop
+    // recovery finishes, never a READY one whose pause was killed or half deleted.
+    crate::timed!("st.state", sb.update(|s| s.ready = false))?;
     crate::timed!(
         "st.killdel",
         task::kill_and_delete(&rt.ctrd, &sb.id, STOP_KILL_LIMIT).await
     )?;
-    crate::timed!("st.state", sb.update(|s| s.ready = false))?;
     let st = sb.state();
     if st.network_attached {
         let req = network_request(
@@ -422,6 +424,10 @@ fn netns_name(id: &str) -> String {
 /// with its pause task, and cleans up what a crash mid-creation left behind.
 pub async fn recover(rt: &Arc<Runtime>, network: &Network) -> Result<()> {
     let list = rt.ctrd.list_containers(label::KIND_SANDBOX).await?;
+    // Asked of every pause task at once: a busy shim's UNKNOWN is asked again for up to
+    // SETTLE_LIMIT, and one such shim must not hold up the recovery of all the others.
+    let ids = list.iter().map(|c| c.id.clone()).collect();
+    let mut task_states = task::settled_states(&rt.ctrd, ids, task::SETTLE_LIMIT).await;
     let mut known = std::collections::HashSet::new();
     for ctr in list {
         let id = ctr.id.clone();
@@ -447,13 +453,17 @@ pub async fn recover(rt: &Arc<Runtime>, network: &Network) -> Result<()> {
                 created_at: ctr.created_at.map(task::ts_ns).unwrap_or(0),
                 ..Default::default()
             });
-        // containerd reports UNKNOWN when the shim does not answer within its 2 s state
-        // timeout (a loaded node): the pause may be running, so it is watched as running
-        // (the watcher settles it) rather than declared gone while it keeps its network.
-        let running = matches!(
-            task::state(&rt.ctrd, &id).await?,
-            task::State::Running { .. } | task::State::Other(_)
-        );
+        let task_state = task_states
+            .remove(&id)
+            .unwrap_or_else(|| Ok(task::State::Absent))?;
+        let running = matches!(task_state, task::State::Running { .. });
+        if let task::State::Other(status) = task_state {
+            // Still UNKNOWN after SETTLE_LIMIT: the pod is not vouched for. As containerd's
+            // CRI does, it is reported NOTREADY rather than READY on a pause nobody can
+            // see; a pause that may still run is then stopped by the interrupted-stop
+            // pass (pid kept), and kubelet recreates the pod.
+            tracing::warn!(sandbox = %id, status, "pause task state still unknown; the pod is not ready");
+        }
         if !running {
             state.ready = false;
         }

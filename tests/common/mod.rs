@@ -375,6 +375,29 @@ disabled_plugins = [{disabled}]
         unix_channel(&self.peapod_socket).await
     }
 
+    /// Waits until peapod has rebuilt its index after a start: until then the RPCs that
+    /// read it answer UNAVAILABLE (as kubelet would, this retries). Returns how long it took.
+    pub async fn wait_recovered(&self, limit: Duration) -> Duration {
+        let start = Instant::now();
+        let mut rt = self.runtime_client().await;
+        loop {
+            match rt
+                .list_pod_sandbox(peapod::cri::ListPodSandboxRequest { filter: None })
+                .await
+            {
+                Ok(_) => return start.elapsed(),
+                Err(s) if s.code() == tonic::Code::Unavailable => {}
+                Err(s) => panic!("ListPodSandbox after a start: {s}"),
+            }
+            assert!(
+                start.elapsed() < limit,
+                "peapod still recovering after {limit:?}:\n{}",
+                inventory::tail(&self.peapod_log(), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn runtime_client(&self) -> RuntimeServiceClient<Channel> {
         RuntimeServiceClient::new(self.channel().await)
     }
