@@ -291,12 +291,10 @@ async fn runtime_info_and_a_pod_lifecycle() {
         "{{.info.pid}}",
         &worker,
     ]);
-    let tasks = rig.ctr(&["tasks", "ls"]);
-    let task_pid = String::from_utf8_lossy(&tasks.stdout)
-        .lines()
-        .find(|l| l.starts_with(&worker))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(str::to_string)
+    let task_pid = rig
+        .tasks()
+        .get(&worker)
+        .map(|t| t.pid.to_string())
         .unwrap_or_else(|| panic!("no task {worker} in ctr tasks ls"));
     assert_eq!(tmpl.trim(), task_pid, "crictl inspect .info.pid");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", tmpl.trim())).unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -173,13 +173,11 @@ async fn containerd_restart_is_survived_without_restarting_peapod() {
     let leaving = run(&mut rt, &p, config("leaving", "sleep 3; exit 42"))
         .await
         .unwrap();
-    // TASK PID STATUS
-    let steady_pid: i32 = String::from_utf8_lossy(&rig.ctr(&["tasks", "ls"]).stdout)
-        .lines()
-        .find(|l| l.starts_with(&steady))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .expect("the steady container's task pid");
+    let steady_pid = rig
+        .tasks()
+        .get(&steady)
+        .expect("the steady container's task")
+        .pid as i32;
 
     rig.stop_containerd();
     // While down: RuntimeReady=false with a reason; reads from the index still work.
@@ -295,12 +293,7 @@ async fn a_frozen_shim_at_restart_leaves_its_pod_notready_and_peapod_serving() {
     run(&mut rt, &p, config("app", "while :; do sleep 0.2; done"))
         .await
         .unwrap();
-    let pause_pid: i32 = String::from_utf8_lossy(&rig.ctr(&["tasks", "ls"]).stdout)
-        .lines()
-        .find(|l| l.starts_with(&p.id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .expect("the pause task's pid");
+    let pause_pid = rig.tasks().get(&p.id).expect("the pause task").pid as i32;
     let shim = parent_of(pause_pid);
     assert_ne!(shim, 1, "the pause's parent is its shim");
 
@@ -379,25 +372,23 @@ async fn kill_9_under_load_leaves_every_pod_whole_or_gone() {
     }
 }
 
-/// The task's status as `ctr tasks ls` shows it ("" when it has none). containerd shows
-/// UNKNOWN while a shim misses its 2 s state timeout (a busy shim on a loaded node), which
-/// says nothing either way: it is asked again, for up to 20 s, until it says something.
-fn settled_task_status(rig: &Rig, id: &str) -> String {
+/// `ctr tasks ls` once the tasks of `ids` are out of UNKNOWN: containerd shows UNKNOWN while
+/// a shim misses its 2 s state timeout (a busy shim on a loaded node), which says nothing
+/// either way, so the listing is taken again, for up to 20 s, until it says something.
+fn settled_tasks(rig: &Rig, ids: &[&str]) -> BTreeMap<String, common::Task> {
     let start = Instant::now();
     loop {
-        let out = rig.ctr(&["tasks", "ls"]);
-        let listing = String::from_utf8_lossy(&out.stdout).to_string();
-        let status = listing
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(id))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .unwrap_or("")
-            .to_string();
-        if status != "UNKNOWN" || start.elapsed() > Duration::from_secs(20) {
-            if status == "UNKNOWN" {
-                eprintln!("task {id} still UNKNOWN after 20 s:\n{listing}");
-            }
-            return status;
+        let tasks = rig.tasks();
+        let unknown: Vec<&&str> = ids
+            .iter()
+            .filter(|id| tasks.get(**id).is_some_and(|t| t.status == "UNKNOWN"))
+            .collect();
+        if unknown.is_empty() {
+            return tasks;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            eprintln!("still UNKNOWN after 20 s: {unknown:?}\n{tasks:#?}");
+            return tasks;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -477,8 +468,11 @@ async fn kill_round(rig: &mut Rig, round: usize, delay_ms: u64) {
     // creation the kill cut short is gone, not kept half-made; one whose stop it cut short
     // is stopped.
     let log = || tail(&rig.peapod_log(), 80);
+    let ids: Vec<&str> = cri_ids.iter().map(String::as_str).collect();
+    let tasks = settled_tasks(rig, &ids);
+    let status_of = |id: &str| tasks.get(id).map(|t| t.status.as_str()).unwrap_or("");
     for p in &pods {
-        let status = settled_task_status(rig, &p.id);
+        let status = status_of(&p.id);
         if p.state != PodSandboxState::SandboxReady as i32 {
             // A pod whose stop the kill interrupted: stopped, its pause task gone.
             assert_ne!(
@@ -517,7 +511,7 @@ async fn kill_round(rig: &mut Rig, round: usize, delay_ms: u64) {
     for c in &ctrs {
         if c.state == ContainerState::ContainerRunning as i32 {
             assert_eq!(
-                settled_task_status(rig, &c.id),
+                status_of(&c.id),
                 "RUNNING",
                 "round {round}: container {} RUNNING without a task\n{}",
                 c.id,

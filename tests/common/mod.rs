@@ -11,6 +11,7 @@ pub mod kubelet;
 pub mod metrics;
 pub mod oci;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,6 +26,14 @@ pub const BUSYBOX: &str = "localhost/peapod-test/busybox:1";
 pub const PAUSE: &str = "localhost/peapod-test/pause:1";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A task as `ctr tasks ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    /// RUNNING, STOPPED, CREATED, UNKNOWN, ...
+    pub status: String,
+}
 
 pub struct Rig {
     pub dir: tempfile::TempDir,
@@ -415,6 +424,23 @@ disabled_plugins = [{disabled}]
             .args(args)
             .output()
             .expect("run ctr")
+    }
+
+    /// `ctr tasks ls`, by task id.
+    pub fn tasks(&self) -> BTreeMap<String, Task> {
+        let out = self.ctr(&["tasks", "ls"]);
+        // TASK  PID  STATUS, after a header line.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let id = f.next()?.to_string();
+                let pid = f.next()?.parse().ok()?;
+                let status = f.next()?.to_string();
+                Some((id, Task { pid, status }))
+            })
+            .collect()
     }
 
     pub fn ctr_ok(&self, args: &[&str]) -> bool {
